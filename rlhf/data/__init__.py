@@ -1,0 +1,1 @@
+"""Reading datasets, format adapters, chat templates, tokenization, masks and batching."""

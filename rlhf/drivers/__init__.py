@@ -1,0 +1,1 @@
+"""The training loops: PPO, DPO, SFT, RM. Orchestration only."""

@@ -1,0 +1,1 @@
+"""Loading policies, reward and value models, LoRA, and saving Hugging Face-format checkpoints."""

@@ -1,0 +1,54 @@
+"""Forward passes over PPO-style batches: per-response-token logprobs, values and sequence scores.
+
+A batch holds `input_ids` and `attention_mask` of shape [B, P+R]: the prompt left-padded to P
+tokens, then the response right-padded to R tokens. Outputs are aligned with the R response
+positions. Position ids count real tokens only, so a left-padded prompt gets the same positions
+as the unpadded sequence that the rollout engine saw (otherwise logprobs would drift from vLLM's).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf.algorithms.logprobs import entropy_from_logits, logprobs_from_logits
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """position_t = (number of real tokens before t), 0 on padding."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _response_slice(tensor: torch.Tensor, response_len: int) -> torch.Tensor:
+    """Outputs at positions P-1 .. P+R-2 predict (or value) the response tokens P .. P+R-1."""
+    return tensor[:, -response_len - 1 : -1]
+
+
+def response_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
+    temperature: float = 1.0, with_entropy: bool = False,
+):
+    """log pi(y_t | x, y_<t) / temperature-scaled, for each response token; optionally the entropy too."""
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+    ).logits
+    logits = _response_slice(logits, response_len).float()
+    logps = logprobs_from_logits(logits, input_ids[:, -response_len:], temperature)
+    if with_entropy:
+        return logps, entropy_from_logits(logits, temperature)
+    return logps
+
+
+def response_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:
+    """V(s_t) for the state before each response token, from a 1-label token-classification head."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    return _response_slice(out.logits[..., 0], response_len).float()
+
+
+def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The reward model's scalar at each sequence's last real token (robust to left and right padding)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    logits = out.logits
+    if logits.dim() == 2:  # sequence-classification head already pooled
+        return logits[:, 0].float()
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).long().argmax(-1)
+    return logits[torch.arange(logits.shape[0]), last, 0].float()

@@ -1,0 +1,1 @@
+"""Toy verifiable tasks with rule-based scores."""

@@ -1,0 +1,1 @@
+"""One Ray actor class per role, plus a worker group for data parallelism."""

@@ -41,4 +41,4 @@ def make_transport(name: str, device: str) -> WeightTransport:
     return CudaIpcTransport()
 
 
-__all__ = ["SyncHandle", "WeightTransport", "make_transport", "TRANSPORTS"]
+__all__ = ["TRANSPORTS", "SyncHandle", "WeightTransport", "make_transport"]

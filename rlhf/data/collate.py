@@ -1,0 +1,67 @@
+"""Collating tokenized examples into padded tensor batches.
+
+- Prompts (rollouts): left-padded ``input_ids``/``attention_mask`` [B, P], so every prompt ends
+  at the last column where generation starts, plus the unpadded ``prompt_ids`` lists (what a
+  vLLM engine takes) and the ``raw_prompts`` strings (what a rule reward takes).
+- SFT: right-padded ``input_ids``/``attention_mask``/``loss_mask`` [B, T]. ``loss_mask`` is 1
+  on response tokens (EOS included) and is aligned with ``input_ids``, not shifted: with
+  ``logits[:, t]`` predicting ``input_ids[:, t + 1]``, the loss uses ``loss_mask[:, 1:]``.
+- Preference: separate ``chosen_*`` and ``rejected_*`` tensors (``input_ids``,
+  ``attention_mask``, ``loss_mask``), right-padded to one shared length T, so that
+  ``torch.cat([chosen_x, rejected_x])`` is the concatenated [2B, T] batch (chosen rows first)
+  when the policy should see both in a single forward pass.
+
+``attention_mask`` is long (0/1), ``loss_mask`` float (0.0/1.0), ``input_ids`` long; padding
+uses ``pad_id`` (any valid id: the masks, not the ids, decide what counts).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from rlhf.data.padding import pad_sequences
+from rlhf.data.tokenize import TokenizedPreference, TokenizedPrompt, TokenizedSFT
+
+
+def collate_prompts(examples: Sequence[TokenizedPrompt], pad_id: int) -> dict:
+    """{input_ids, attention_mask: [B, P] left-padded; prompt_ids: list[list[int]]; raw_prompts: list[str]}."""
+    ids = [e.prompt_ids for e in examples]
+    return {
+        "input_ids": pad_sequences(ids, pad_id, "left"),
+        "attention_mask": pad_sequences([[1] * len(s) for s in ids], 0, "left"),
+        "prompt_ids": [list(s) for s in ids],
+        "raw_prompts": [e.raw_prompt for e in examples],
+    }
+
+
+def _right_padded(sequences: list[list[int]], masks: list[list[int]], pad_id: int, length: int) -> tuple[torch.Tensor, ...]:
+    return (
+        pad_sequences(sequences, pad_id, "right", length),
+        pad_sequences([[1] * len(s) for s in sequences], 0, "right", length),
+        pad_sequences(masks, 0, "right", length, dtype=torch.float32),
+    )
+
+
+def collate_sft(examples: Sequence[TokenizedSFT], pad_id: int) -> dict[str, torch.Tensor]:
+    """{input_ids, attention_mask, loss_mask}: [B, T], right-padded; loss_mask 1 on response tokens."""
+    sequences = [e.input_ids for e in examples]
+    length = max(len(s) for s in sequences)
+    input_ids, attention_mask, loss_mask = _right_padded(sequences, [e.loss_mask for e in examples], pad_id, length)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+def collate_preference(examples: Sequence[TokenizedPreference], pad_id: int) -> dict[str, torch.Tensor]:
+    """chosen_/rejected_ {input_ids, attention_mask, loss_mask}: each [B, T] with one shared T, right-padded."""
+    chosen = [e.chosen_input_ids for e in examples]
+    rejected = [e.rejected_input_ids for e in examples]
+    length = max(len(s) for s in chosen + rejected)
+    batch = {}
+    for name, sequences, masks in (
+        ("chosen", chosen, [e.chosen_loss_mask for e in examples]),
+        ("rejected", rejected, [e.rejected_loss_mask for e in examples]),
+    ):
+        input_ids, attention_mask, loss_mask = _right_padded(sequences, masks, pad_id, length)
+        batch.update({f"{name}_input_ids": input_ids, f"{name}_attention_mask": attention_mask, f"{name}_loss_mask": loss_mask})
+    return batch

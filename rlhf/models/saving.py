@@ -1,0 +1,180 @@
+"""Saving Hugging Face-format checkpoints, and exporting full weights with plain HF names.
+
+`save_hf(model, tokenizer, out_dir)` writes safetensors that plain `transformers` (and, for a
+causal LM, vLLM) load the normal way:
+
+    out_dir/                     a full model: config.json, model.safetensors, tokenizer files
+or, for a peft (LoRA) model:
+    out_dir/                     the adapter: adapter_config.json, adapter_model.safetensors, tokenizer
+                                 (PeftModel.from_pretrained(base_model, out_dir))
+    out_dir/merged/              the full model with the adapter merged in, plus the tokenizer
+                                 (AutoModelForCausalLM.from_pretrained(out_dir / "merged"), or vLLM)
+
+`export_merged_state_dict(model)` is what weight sync sends to the rollout engines: every entry
+of the HF model's state_dict, LoRA merged in (W + scale * B @ A, computed on the side: the
+training weights are never modified), peft prefixes stripped, copied to the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# gather(params) -> context in which those parameters are complete (ZeRO-3); the default does nothing.
+GatherFn = Callable[[list[nn.Parameter]], contextlib.AbstractContextManager]
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def hf_model(model) -> nn.Module:
+    """The transformers model inside ``model``: the peft base model (LoRA layers injected) or ``model`` itself."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def _no_gather(params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def export_merged_state_dict(model, gather: GatherFn | None = None, collect: bool = True) -> dict[str, torch.Tensor]:
+    """{HF name: CPU tensor} for every state_dict entry of the plain HF model, LoRA merged in.
+
+    The model is walked one module at a time. ``gather`` (for ZeRO-3: DeepSpeed's
+    GatheredParameters) is entered around each module's parameters, so at most one module is
+    complete in memory at once; every rank must make the same walk, and ranks that do not need
+    the result pass ``collect=False`` (they take part in the gathers and copy nothing).
+    Names are those of ``hf_model(model).state_dict()``, e.g. ``model.layers.0.self_attn.q_proj.weight``.
+    """
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import ModulesToSaveWrapper
+
+    gather = gather or _no_gather
+    out: dict[str, torch.Tensor] = {}
+    skip: str | None = None  # prefix of a subtree already exported as a whole
+    for name, module in hf_model(model).named_modules():
+        if skip is not None and name.startswith(skip):
+            continue
+        prefix = f"{name}." if name else ""
+        if isinstance(module, LoraLayer):
+            skip = prefix
+            with gather(list(module.parameters())):
+                if collect:
+                    out.update(_merged_lora_layer(module, prefix))
+        elif isinstance(module, ModulesToSaveWrapper):
+            skip = prefix
+            active = module.original_module if module.disable_adapters else module.modules_to_save[module.active_adapter]
+            for sub_name, sub in active.named_modules():
+                sub_prefix = f"{prefix}{sub_name}." if sub_name else prefix
+                with gather(_own_parameters(sub)):
+                    if collect:
+                        out.update(_own_state(sub, sub_prefix))
+        else:
+            with gather(_own_parameters(module)):
+                if collect:
+                    out.update(_own_state(module, prefix))
+    return out
+
+
+def _own_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module._parameters.values() if p is not None]
+
+
+def _own_state(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """The module's own (non-recursive) state_dict entries: parameters and persistent buffers, as CPU copies."""
+    state = {prefix + n: _cpu_copy(p) for n, p in module._parameters.items() if p is not None}
+    state.update(
+        {
+            prefix + n: _cpu_copy(b)
+            for n, b in module._buffers.items()
+            if b is not None and n not in module._non_persistent_buffers_set
+        }
+    )
+    return state
+
+
+def _merged_lora_layer(layer, prefix: str) -> dict[str, torch.Tensor]:
+    """The base layer's state under the LoRA layer's own name, its weight plus each active adapter's delta."""
+    base = layer.get_base_layer()
+    state = {}
+    for sub_name, sub in base.named_modules():
+        state.update(_own_state(sub, f"{prefix}{sub_name}." if sub_name else prefix))
+    if layer.merged or layer.disable_adapters:
+        return state  # merged: the base weight already holds the delta; disabled: the base model is what runs
+    weight = base.weight.detach()
+    for adapter in layer.active_adapters:
+        if adapter not in layer.lora_A and adapter not in getattr(layer, "lora_embedding_A", {}):
+            continue
+        if layer.use_dora.get(adapter, False):
+            raise NotImplementedError("exporting merged DoRA weights is not supported; use plain LoRA")
+        # get_delta_weight reads lora_B @ lora_A * scaling without touching any parameter.
+        weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
+    state[prefix + "weight"] = _cpu_copy(weight)
+    return state
+
+
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True)
+
+
+def merged_model(model) -> nn.Module:
+    """A plain transformers model (same class and config as the base) holding the merged weights; CPU.
+
+    Built on the meta device and filled by assignment, so no second random initialisation is paid.
+    """
+    base = hf_model(model)
+    state = export_merged_state_dict(model)
+    with torch.device("meta"):
+        fresh = type(base)(copy.deepcopy(base.config))
+    fresh.load_state_dict(state, strict=True, assign=True)
+    if getattr(fresh.config, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    if getattr(base, "generation_config", None) is not None:
+        fresh.generation_config = copy.deepcopy(base.generation_config)
+    return fresh.eval()
+
+
+def save_hf(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save ``model`` (and ``tokenizer`` when given) in Hugging Face format (safetensors); see the module doc.
+
+    A peft model writes its adapter to ``out_dir`` and the merged full model to ``out_dir/merged``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_peft_model(model):
+        model.save_pretrained(str(out), safe_serialization=True)
+        _save_full(merged_model(model), tokenizer, out / "merged")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+    else:
+        _save_full(model, tokenizer, out)
+    return out
+
+
+def _save_full(model, tokenizer, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    # Loaders turn the KV cache off for training; a saved model should generate with it on.
+    with _config_value(model.config, "use_cache", True):
+        model.save_pretrained(str(out), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+
+
+@contextlib.contextmanager
+def _config_value(config, key: str, value) -> Iterable[None]:
+    had, old = hasattr(config, key), getattr(config, key, None)
+    setattr(config, key, value)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(config, key, old)

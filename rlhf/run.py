@@ -1,0 +1,91 @@
+"""Command-line entry point: `python -m rlhf.run CONFIG [key.sub=value ...] [--print-config]`.
+
+Exit codes: 0 success, 2 config or data error (one line, no traceback), 3 the cluster lacks
+the resources the plan needs, 1 a role failed or timed out during the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rlhf.config import ConfigError, RLHFConfig, check_paths, load_config, to_yaml
+
+log = logging.getLogger("rlhf")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m rlhf.run", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, values parsed as YAML")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser.parse_args(argv)
+
+
+def resolve_config(path: str, overrides: list[str]) -> RLHFConfig:
+    """Load and validate; build the tiny assets first when the config asks for them."""
+    cfg = load_config(path, overrides, validate_paths=False)
+    if cfg.tiny_assets:
+        from rlhf.tiny import build_tiny_assets
+
+        build_tiny_assets(cfg.tiny_assets)
+    check_paths(cfg, path)
+    return cfg
+
+
+def run(cfg: RLHFConfig):
+    """Connect to (or start) Ray and run the configured algorithm's driver."""
+    from rlhf.drivers.cluster import connect_ray
+
+    connect_ray(cfg)
+    name = cfg.algorithm.name
+    if name == "ppo":
+        from rlhf.drivers.ppo import run_ppo
+
+        return run_ppo(cfg)
+    if name == "dpo":
+        from rlhf.drivers.dpo import run_dpo
+
+        return run_dpo(cfg)
+    if name == "sft":
+        from rlhf.drivers.sft import run_sft
+
+        return run_sft(cfg)
+    from rlhf.drivers.rm import run_rm
+
+    return run_rm(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+
+    from rlhf.data.errors import DataError
+    from rlhf.drivers.cluster import ResourceError
+    from rlhf.workers.group import WorkerError
+
+    try:
+        run(cfg)
+    except DataError as err:
+        print(f"data error: {err}", file=sys.stderr)
+        return 2
+    except ResourceError as err:
+        print(f"resource error: {err}", file=sys.stderr)
+        return 3
+    except WorkerError as err:
+        print(f"run failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

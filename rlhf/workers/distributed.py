@@ -1,0 +1,65 @@
+"""Forming a torch.distributed / DeepSpeed process group out of Ray actors (one actor = one rank).
+
+Ray starts no launcher, so each actor sets the environment a launcher would (MASTER_ADDR,
+MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK) and then calls `deepspeed.init_distributed`: gloo on
+the CPU, NCCL on GPUs. The rank-0 actor picks the address and a free port (`node_ip`,
+`free_port`) and the worker group hands them to every rank.
+
+LOCAL_RANK is 0: Ray gives each actor its own GPU(s) through CUDA_VISIBLE_DEVICES, so every
+rank's device is cuda:0 inside its own process. LOCAL_SIZE is deliberately left unset: with it,
+DeepSpeed's CPU backend would switch to a shared-memory allreduce that assumes launcher-managed
+processes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import torch
+
+
+def node_ip() -> str:
+    """This node's IP as Ray sees it (reachable by other nodes); 127.0.0.1 outside Ray."""
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port that is free on this node right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def backend_for(device: torch.device | str) -> str:
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def init_distributed(
+    master_addr: str,
+    master_port: int,
+    rank: int,
+    world_size: int,
+    device: torch.device | str = "cpu",
+    timeout_s: float = 1800.0,
+) -> None:
+    """Set the launcher environment for this rank and join the process group (all ranks at once)."""
+    import deepspeed
+
+    os.environ["MASTER_ADDR"] = str(master_addr)
+    os.environ["MASTER_PORT"] = str(master_port)
+    os.environ["RANK"] = str(rank)
+    os.environ["WORLD_SIZE"] = str(world_size)
+    os.environ["LOCAL_RANK"] = "0"
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(0)
+    deepspeed.init_distributed(
+        dist_backend=backend_for(device),
+        auto_mpi_discovery=False,
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )

@@ -1,0 +1,237 @@
+"""A WorkerGroup: the N Ray actors of one role, called together.
+
+Data parallelism lives here: `scatter` splits a batch along dim 0 across the actors and calls
+them concurrently; `setup_distributed` forms the trainers' process group. Every remote call is
+awaited through one place, `_wait`, which bounds it by `call_timeout_s` and turns Ray's errors
+into errors that name the role, the actor and the method:
+
+    RoleTimeoutError  "<role> did not answer <method> within N s (actors [i, ...] still busy)"
+    RoleDiedError     "<role> actor <i> died during <method>: <cause>"
+
+An exception raised inside an actor method propagates unchanged (Ray's RayTaskError, which is
+also an instance of the original exception class and carries the remote traceback).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayActorError
+
+
+class WorkerError(RuntimeError):
+    """A role's actors failed as a group: timed out or died."""
+
+
+class RoleTimeoutError(WorkerError):
+    """An actor did not answer within call_timeout_s."""
+
+
+class RoleDiedError(WorkerError):
+    """An actor process died (crash, OOM kill, node loss) or could not be created."""
+
+
+def _shardable(value) -> bool:
+    return isinstance(value, (torch.Tensor, list, tuple, dict))
+
+
+def split_evenly(value, n: int) -> list:
+    """``value`` cut into n consecutive parts along dim 0, sizes differing by at most one.
+
+    Tensors, lists and tuples are cut; a dict is cut value by value (its non-sequence values
+    are repeated in every part).
+    """
+    if isinstance(value, dict):
+        parts = [{} for _ in range(n)]
+        for key, item in value.items():
+            pieces = split_evenly(item, n) if _shardable(item) else [item] * n
+            for part, piece in zip(parts, pieces):
+                part[key] = piece
+        return parts
+    if isinstance(value, torch.Tensor):
+        return list(torch.tensor_split(value, n, dim=0))
+    if isinstance(value, (list, tuple)):
+        size, extra = divmod(len(value), n)
+        bounds = [i * size + min(i, extra) for i in range(n + 1)]
+        return [value[bounds[i] : bounds[i + 1]] for i in range(n)]
+    raise TypeError(f"cannot split a {type(value).__name__} across actors")
+
+
+class PendingCall:
+    """Calls submitted to every actor of a group; `wait()` returns their results in actor order."""
+
+    def __init__(self, group: WorkerGroup, refs: list, method: str, actor_indices: list[int]):
+        self._group, self._refs, self._method, self._indices = group, refs, method, actor_indices
+
+    def wait(self) -> list:
+        return self._group._wait(self._refs, self._method, self._indices)
+
+
+class WorkerGroup:
+    """``num_actors`` Ray actors of ``actor_cls`` for one role.
+
+    actor_options: Ray options for every actor (a dict) or one dict per actor (a list), e.g.
+    num_cpus, num_gpus and a PlacementGroupSchedulingStrategy for its bundle. Alternatively
+    ``placement_group`` with ``bundle_indices`` (one per actor) places actor i in bundle
+    bundle_indices[i]. Each actor is built as ``actor_cls(*init_args, **init_kwargs)``;
+    ``actor_cls`` is a plain class (wrapped with ray.remote here) or an existing ray.remote class.
+    """
+
+    def __init__(
+        self,
+        actor_cls,
+        role: str,
+        num_actors: int,
+        actor_options: dict | Sequence[dict] | None = None,
+        init_args: Sequence[Any] = (),
+        init_kwargs: dict | None = None,
+        call_timeout_s: float = 600.0,
+        placement_group=None,
+        bundle_indices: Sequence[int] | None = None,
+    ):
+        if num_actors < 1:
+            raise ValueError(f"{role}: num_actors must be >= 1, got {num_actors}")
+        self.role = role
+        self.call_timeout_s = float(call_timeout_s)
+        if actor_options is None or isinstance(actor_options, dict):
+            per_actor = [dict(actor_options or {}) for _ in range(num_actors)]
+        else:
+            per_actor = [dict(o) for o in actor_options]
+            if len(per_actor) != num_actors:
+                raise ValueError(f"{role}: {len(per_actor)} actor_options for {num_actors} actors")
+        if placement_group is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            indices = list(bundle_indices) if bundle_indices is not None else list(range(num_actors))
+            if len(indices) != num_actors:
+                raise ValueError(f"{role}: {len(indices)} bundle_indices for {num_actors} actors")
+            for opts, index in zip(per_actor, indices):
+                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group, placement_group_bundle_index=index
+                )
+        remote_cls = actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else ray.remote(actor_cls)
+        self.actors = [remote_cls.options(**opts).remote(*init_args, **(init_kwargs or {})) for opts in per_actor]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    @property
+    def num_actors(self) -> int:
+        return len(self.actors)
+
+    # -- calls -----------------------------------------------------------------------------------
+    def run_all(self, method: str, *args, **kwargs) -> list:
+        """The same call on every actor, concurrently; results in actor order."""
+        return self.run_all_async(method, *args, **kwargs).wait()
+
+    def run_all_async(self, method: str, *args, **kwargs) -> PendingCall:
+        refs = [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
+        return PendingCall(self, refs, method, list(range(len(self.actors))))
+
+    def rank0(self, method: str, *args, **kwargs):
+        """The call on actor 0 only (under ZeRO-3, methods that gather weights need run_all instead)."""
+        return self._wait([getattr(self.actors[0], method).remote(*args, **kwargs)], method, [0])[0]
+
+    def scatter(self, method: str, *args, **kwargs) -> list:
+        """Split each positional argument along dim 0 across the actors (see `split_evenly`) and call
+        them concurrently; keyword arguments go to every actor whole. Results in actor order."""
+        return self.scatter_async(method, *args, **kwargs).wait()
+
+    def scatter_async(self, method: str, *args, **kwargs) -> PendingCall:
+        n = len(self.actors)
+        shards = [split_evenly(arg, n) for arg in args]
+        refs = [
+            getattr(actor, method).remote(*[shard[i] for shard in shards], **kwargs)
+            for i, actor in enumerate(self.actors)
+        ]
+        return PendingCall(self, refs, method, list(range(n)))
+
+    def run_each(self, method: str, args_per_actor: Sequence[Sequence[Any]], **kwargs) -> list:
+        """Actor i gets ``method(*args_per_actor[i], **kwargs)``, concurrently; results in actor order."""
+        if len(args_per_actor) != len(self.actors):
+            raise ValueError(f"{self.role}: {len(args_per_actor)} argument tuples for {len(self.actors)} actors")
+        refs = [getattr(actor, method).remote(*args, **kwargs) for actor, args in zip(self.actors, args_per_actor)]
+        return self._wait(refs, method, list(range(len(refs))))
+
+    def node_ids(self) -> list[str]:
+        """The Ray node id each actor runs on (works for any actor class)."""
+        refs = [actor.__ray_call__.remote(_node_id) for actor in self.actors]
+        return self._wait(refs, "node_id", list(range(len(refs))))
+
+    @staticmethod
+    def gather_cat(results: list):
+        """Concatenate per-actor results along dim 0: tensors, lists, or dicts of those (key by key)."""
+        first = results[0]
+        if isinstance(first, torch.Tensor):
+            return torch.cat(results, dim=0)
+        if isinstance(first, dict):
+            return {key: WorkerGroup.gather_cat([r[key] for r in results]) for key in first}
+        if isinstance(first, (list, tuple)):
+            return [item for r in results for item in r]
+        raise TypeError(f"cannot concatenate results of type {type(first).__name__}")
+
+    # -- process group ------------------------------------------------------------------------------
+    def setup_distributed(self) -> None:
+        """Rank 0 picks the rendezvous address; then every actor joins (and builds its engine) at once."""
+        addr, port = self.rank0("master_address")
+        world = len(self.actors)
+        self.run_each("setup_distributed", [(addr, port, rank, world) for rank in range(world)])
+
+    def wait_ready(self) -> None:
+        """Block until every actor's constructor has finished (raises RoleDiedError if one failed)."""
+        refs = [actor.__ray_ready__.remote() for actor in self.actors]
+        self._wait(refs, "__init__", list(range(len(refs))))
+
+    def kill(self) -> None:
+        """End every actor of the group now (no cleanup runs inside them)."""
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)  # a no-op for an actor that is already dead
+
+    # -- the one place results are awaited -------------------------------------------------------------
+    def _wait(self, refs: list, method: str, actor_indices: list[int]) -> list:
+        """Results of ``refs`` in order, within call_timeout_s in total.
+
+        Refs are collected as they finish, so an actor that died is reported at once even
+        while its peers are still busy (often blocked in a collective with it).
+        """
+        deadline = time.monotonic() + self.call_timeout_s
+        index_of = {ref: i for i, ref in enumerate(refs)}
+        results: list = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                busy = sorted(actor_indices[index_of[r]] for r in pending)
+                raise RoleTimeoutError(
+                    f"{self.role} did not answer {method} within {self.call_timeout_s:g} s (actors {busy} still busy)"
+                )
+            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+            for ref in ready:
+                i = index_of[ref]
+                try:
+                    results[i] = ray.get(ref, timeout=0)
+                except RayActorError as exc:
+                    raise RoleDiedError(f"{self.role} actor {actor_indices[i]} died during {method}: {_describe(exc)}") from exc
+                except GetTimeoutError:  # pragma: no cover - a ready ref does not time out
+                    pending.append(ref)
+        return results
+
+
+def _node_id(_actor) -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _describe(exc: BaseException) -> str:
+    """Ray's first line (what happened) and, for a failed constructor, the last one (the cause)."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} -> {lines[-1]}"

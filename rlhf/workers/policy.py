@@ -1,0 +1,107 @@
+"""The policy trainer role: logprobs, PPO steps, and publishing its weights to the rollout engines.
+
+Batches follow `rlhf.data.padding`: input_ids / attention_mask [B, P+R], response_mask [B, R].
+Logprobs use rollout.temperature, the temperature the engines sampled with, so that old
+logprobs, the PPO ratio and the engines' sampling logprobs all describe the same distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf.algorithms.masked import masked_mean
+from rlhf.algorithms.ppo import policy_loss
+from rlhf.config import RLHFConfig
+from rlhf.models.forward import response_logprobs
+from rlhf.models.loading import load_causal_lm
+from rlhf.models.saving import export_merged_state_dict, is_peft_model
+from rlhf.workers.trainer_base import Batch, TrainerBase
+
+
+class PolicyTrainer(TrainerBase):
+    """One data-parallel rank of the policy (a causal LM, optionally LoRA) in a DeepSpeed engine."""
+
+    role = "policy"
+    stat_prefix = "policy"
+
+    def __init__(self, cfg: RLHFConfig, total_steps: int | None = None):
+        self._transport = None
+        super().__init__(cfg, cfg.model.policy, total_steps)
+
+    def _load_model(self, path: str):
+        model_cfg = self.cfg.model
+        return load_causal_lm(path, model_cfg.dtype, model_cfg.lora, model_cfg.gradient_checkpointing)
+
+    # -- scoring -----------------------------------------------------------------------------------
+    def logprobs(self, batch: Batch) -> torch.Tensor:
+        """log pi(y_t | x, y_<t) at rollout.temperature for every response token: [B, R], 0 outside the mask."""
+        return self._masked_logprobs(batch)
+
+    def reference_logprobs(self, batch: Batch) -> torch.Tensor:
+        """The reference's logprobs when the reference is this policy's base model (LoRA adapter disabled)."""
+        if not (self.cfg.model.reference_from_base and is_peft_model(self.module)):
+            raise RuntimeError("policy: reference_logprobs needs model.lora.enabled and model.reference_from_base")
+        with self.module.disable_adapter():
+            return self._masked_logprobs(batch)
+
+    def _masked_logprobs(self, batch: Batch) -> torch.Tensor:
+        temperature = self.cfg.rollout.temperature
+
+        def forward(module, mb):
+            R = mb["response_mask"].shape[1]
+            logp = response_logprobs(module, mb["input_ids"], mb["attention_mask"], R, temperature)
+            return torch.where(mb["response_mask"].bool(), logp, torch.zeros_like(logp))
+
+        return self._forward_no_grad(batch, forward)
+
+    # -- training --------------------------------------------------------------------------------
+    def ppo_step(self, minibatch: Batch) -> dict[str, float]:
+        """One optimizer step of the clipped PPO objective (plus the entropy bonus) on this rank's shard.
+
+        minibatch: input_ids, attention_mask, response_mask, old_logprobs [B, R], advantages [B, R].
+        loss = policy_loss(logp, old_logp, A, mask, clip_eps) - entropy_coef * mean_masked(entropy)
+        Returns policy/loss (the clipped surrogate), policy/clipfrac, policy/approx_kl,
+        policy/entropy, policy/grad_norm, policy/lr, averaged over micro-batches and ranks.
+        """
+        ppo = self.cfg.algorithm.ppo
+        temperature = self.cfg.rollout.temperature
+        if self._transport is not None:
+            self._transport.wait()  # a pending send may still read the weights this step changes
+
+        def loss_fn(mb):
+            mask = mb["response_mask"]
+            R = mask.shape[1]
+            logp, entropy = response_logprobs(
+                self.engine, mb["input_ids"], mb["attention_mask"], R, temperature, with_entropy=True
+            )
+            pg_loss, stats = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask, ppo.clip_eps)
+            mean_entropy = masked_mean(entropy, mask)
+            loss = pg_loss - ppo.entropy_coef * mean_entropy if ppo.entropy_coef > 0 else pg_loss
+            return loss, {
+                "policy/loss": pg_loss.detach(),
+                "policy/clipfrac": stats["clipfrac"],
+                "policy/approx_kl": stats["approx_kl"],
+                "policy/entropy": mean_entropy.detach(),
+            }
+
+        return self._train_on(minibatch, loss_fn)
+
+    # -- weight sync -----------------------------------------------------------------------------
+    def export_weights(self) -> dict[str, torch.Tensor] | None:
+        """Rank 0: {HF name: CPU tensor}, LoRA merged in; other ranks None. All ranks call it (ZeRO-3 gathers)."""
+        self._require_engine()
+        if not self.zero3 and self.rank != 0:
+            return None
+        weights = export_merged_state_dict(self.module, gather=self._gather, collect=self.rank == 0)
+        return weights if self.rank == 0 else None
+
+    def publish_weights(self, version: int):
+        """Rank 0: export and send through the rollout.sync_transport; returns its SyncHandle (others None)."""
+        weights = self.export_weights()
+        if weights is None:
+            return None
+        from rlhf.weight_sync import make_transport
+
+        if self._transport is None:
+            self._transport = make_transport(self.cfg.rollout.sync_transport, self.device.type)
+        return self._transport.send(weights, version)

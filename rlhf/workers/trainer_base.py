@@ -1,0 +1,324 @@
+"""What every role actor shares, and the DeepSpeed-engine logic of the trainable roles (policy, critic).
+
+One Ray actor is one data-parallel rank. The life of a trainer actor:
+
+    actor = TrainerClass(cfg, ...)                 # loads the model on the CPU
+    actor.master_address()                         # rank 0 only: (ip, free port)
+    actor.setup_distributed(addr, port, rank, n)   # all ranks at once: process group + DeepSpeed engine
+    actor.<role methods>                           # scoring passes and optimizer steps, driven by the driver
+
+`_train_on(minibatch, loss_fn)` is one optimizer step over this rank's shard of a minibatch: the
+shard is cut into micro-batches of trainer.micro_batch_size, each is forwarded and backwarded
+through DeepSpeed (which scales the loss by 1/accumulation and reduces gradients across ranks at
+the boundary), and the last micro-batch's `engine.step()` is the optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf.config import RLHFConfig
+from rlhf.models.loading import device_for, load_tokenizer
+from rlhf.models.saving import save_hf
+from rlhf.workers.deepspeed_config import build_deepspeed_config, build_lr_scheduler
+from rlhf.workers.distributed import free_port, init_distributed, node_ip
+
+Batch = dict  # str -> Tensor [B, ...] or list of length B
+LossFn = Callable[[Batch], "tuple[torch.Tensor, dict[str, torch.Tensor | float]]"]
+
+CHECKPOINT_TAG = "ds"  # one DeepSpeed tag per directory: the driver gives every checkpoint its own directory
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def batch_size(batch: Batch) -> int:
+    for value in batch.values():
+        if isinstance(value, (torch.Tensor, list, tuple)):
+            return len(value)
+    raise ValueError("batch holds no tensor or list to take a size from")
+
+
+def split_batch(batch: Batch, size: int) -> list[Batch]:
+    """Consecutive micro-batches of at most ``size`` rows (tensors and lists sliced along dim 0)."""
+    n = batch_size(batch)
+    return [
+        {k: v[start : start + size] if isinstance(v, (torch.Tensor, list, tuple)) else v for k, v in batch.items()}
+        for start in range(0, n, size)
+    ]
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Zero the model's dropout so that PPO's ratio is exactly 1 before the first update.
+
+    LoRA's own dropout (``lora_dropout``) is a deliberate setting and is left alone.
+    """
+    for name, module in model.named_modules():
+        if "lora_dropout" in name:
+            continue
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+class RoleWorker:
+    """Methods every role's actor answers (the driver's health and placement checks)."""
+
+    def ready(self) -> bool:
+        return True
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+class TrainerBase(RoleWorker):
+    """A trainable model in a DeepSpeed engine; subclasses provide `_load_model` and their role methods."""
+
+    role = "trainer"  # the role name, in messages
+    stat_prefix = "trainer"  # metric names: "<stat_prefix>/loss", ...
+
+    def __init__(self, cfg: RLHFConfig, model_path: str, total_steps: int | None = None):
+        self.cfg = cfg
+        self.model_path = model_path
+        self.device = device_for(cfg)
+        self.rank, self.world_size = 0, 1
+        self.engine = None
+        self.total_steps = total_steps if total_steps is not None else self._default_total_steps()
+        set_seed(cfg.trainer.seed)
+        self.tokenizer = load_tokenizer(model_path)
+        self.model = self._load_model(model_path)
+        disable_dropout(self.model)
+
+    # -- subclass hooks --------------------------------------------------------------------------
+    def _load_model(self, path: str) -> nn.Module:
+        raise NotImplementedError
+
+    def _learning_rate(self) -> float:
+        return self.cfg.trainer.learning_rate
+
+    def _samples_per_step(self) -> int:
+        """Samples per optimizer step across all ranks."""
+        if self.cfg.algorithm.name == "ppo":
+            return self.cfg.algorithm.ppo.mini_batch_size
+        return self.cfg.trainer.train_batch_size
+
+    def _default_total_steps(self) -> int | None:
+        """Optimizer steps in the whole run, for decaying lr schedules (None when unknown)."""
+        if self.cfg.algorithm.name == "ppo":
+            ppo = self.cfg.algorithm.ppo
+            per_rollout = ppo.rollout_batch_size * ppo.samples_per_prompt // ppo.mini_batch_size
+            return ppo.num_steps * ppo.ppo_epochs * per_rollout
+        return self.cfg.trainer.max_steps
+
+    # -- distributed setup -----------------------------------------------------------------------
+    def master_address(self) -> tuple[str, int]:
+        """Rank 0: where the other ranks find it (this node's IP and a free port)."""
+        return node_ip(), free_port()
+
+    def setup_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int) -> None:
+        """Join the role's process group and build the DeepSpeed engine (every rank calls this at once)."""
+        init_distributed(master_addr, master_port, rank, world_size, self.device, self.cfg.resources.call_timeout_s)
+        self.rank, self.world_size = rank, world_size
+        self._build_engine()
+
+    def _build_engine(self) -> None:
+        import deepspeed
+
+        ds_config = build_deepspeed_config(
+            self.cfg.trainer,
+            dtype=self.cfg.model.dtype,
+            world_size=self.world_size,
+            samples_per_step=self._samples_per_step(),
+            learning_rate=self._learning_rate(),
+            device=self.device.type,
+        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.engine, *_ = deepspeed.initialize(
+            model=self.model,
+            model_parameters=trainable,
+            config=ds_config,
+            lr_scheduler=build_lr_scheduler(self.cfg.trainer, self.total_steps),
+        )
+
+    @property
+    def module(self) -> nn.Module:
+        """The model (inside the engine once there is one)."""
+        return self.engine.module if self.engine is not None else self.model
+
+    @property
+    def zero3(self) -> bool:
+        return self.engine is not None and self.engine.zero_optimization_stage() == 3
+
+    def _require_engine(self):
+        if self.engine is None:
+            raise RuntimeError(f"{self.role}: call setup_distributed(...) before using the trainer")
+        return self.engine
+
+    def _gather(self, params: list[nn.Parameter]):
+        """Context in which ``params`` are complete on every rank (ZeRO-3); collective: all ranks enter it."""
+        if not self.zero3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    # -- forward passes without gradients ---------------------------------------------------------
+    @torch.no_grad()
+    def _forward_no_grad(self, batch: Batch, fn: Callable[[nn.Module, Batch], torch.Tensor]) -> torch.Tensor:
+        """cat over micro-batches of fn(module, micro_batch), on the CPU in float32.
+
+        Under ZeRO-3 every forward gathers parameters collectively, so every rank runs the same
+        number of forwards: ranks with fewer micro-batches repeat one and drop the result.
+        """
+        self._require_engine()
+        module = self.module
+        was_training = module.training
+        module.eval()
+        micro = split_batch(batch, self.cfg.trainer.micro_batch_size) if batch_size(batch) else []
+        passes = len(micro)
+        if self.zero3 and self.world_size > 1:
+            passes = self._all_reduce_max(passes)
+        outputs = []
+        try:
+            for i in range(passes):
+                mb = micro[i] if i < len(micro) else (micro[-1] if micro else _dummy_row(batch))
+                out = fn(module, to_device(mb, self.device)).float().cpu()
+                if i < len(micro):
+                    outputs.append(out)
+        finally:
+            module.train(was_training)
+        if not outputs:
+            return torch.empty((0, *batch["response_mask"].shape[1:]) if "response_mask" in batch else (0,))
+        return torch.cat(outputs)
+
+    def _all_reduce_max(self, value: int) -> int:
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.long, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    # -- one optimizer step ------------------------------------------------------------------------
+    def _train_on(self, minibatch: Batch, loss_fn: LossFn) -> dict[str, float]:
+        """One optimizer step on this rank's shard; returns stats averaged over micro-batches and ranks.
+
+        loss_fn(micro_batch on device) -> (scalar loss, {name: scalar}). Adds
+        "<stat_prefix>/grad_norm" (before clipping) and "<stat_prefix>/lr" (the lr this step used).
+        """
+        engine = self._require_engine()
+        micro_size = self.cfg.trainer.micro_batch_size
+        micro = split_batch(minibatch, micro_size)
+        expected = engine.gradient_accumulation_steps()
+        if len(micro) != expected or batch_size(minibatch) != expected * micro_size:
+            raise ValueError(
+                f"{self.role} rank {self.rank}: got {batch_size(minibatch)} samples, expected "
+                f"{expected} micro-batches of {micro_size} (samples per step / ranks)"
+            )
+        engine.train()
+        lr = float(engine.get_lr()[0])
+        totals: dict[str, float] = {}
+        fallback_norm = None
+        for i, mb in enumerate(micro):
+            loss, stats = loss_fn(to_device(mb, self.device))
+            engine.backward(loss)
+            if i == len(micro) - 1 and self.cfg.trainer.zero_stage == 0:
+                fallback_norm = self._local_grad_norm()  # stage 0 fp32 reports no norm; grads are reduced by now
+            engine.step()
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+        means = self._mean_across_ranks({k: v / len(micro) for k, v in totals.items()})
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is None:
+            grad_norm = fallback_norm
+        means[f"{self.stat_prefix}/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        means[f"{self.stat_prefix}/lr"] = lr
+        return means
+
+    def _local_grad_norm(self) -> float | None:
+        grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else None
+
+    def _mean_across_ranks(self, stats: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1 or not stats:
+            return stats
+        import torch.distributed as dist
+
+        keys = sorted(stats)
+        t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _has_frozen_parameters(self) -> bool:
+        return any(not p.requires_grad for p in self.module.parameters())
+
+    def save_checkpoint(self, path: str) -> str:
+        """DeepSpeed engine state (weights, optimizer, lr scheduler) into ``path``; all ranks call.
+
+        Frozen weights (a LoRA base) are not written: they are reloaded from the model path.
+        """
+        engine = self._require_engine()
+        engine.save_checkpoint(path, tag=CHECKPOINT_TAG, exclude_frozen_parameters=self._has_frozen_parameters())
+        return path
+
+    def load_checkpoint(self, path: str) -> str:
+        """Restore what `save_checkpoint` wrote, into a freshly built engine; all ranks call."""
+        engine = self._require_engine()
+        if not os.path.isdir(os.path.join(path, CHECKPOINT_TAG)):
+            raise FileNotFoundError(f"{self.role}: no DeepSpeed checkpoint (tag {CHECKPOINT_TAG!r}) in {path}")
+        loaded, _ = engine.load_checkpoint(
+            path,
+            tag=CHECKPOINT_TAG,
+            load_module_strict=not self._has_frozen_parameters(),
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
+        if loaded is None:
+            raise FileNotFoundError(f"{self.role}: no DeepSpeed checkpoint (tag {CHECKPOINT_TAG!r}) in {path}")
+        return path
+
+    def save_pretrained(self, path: str) -> str | None:
+        """Rank 0 writes the model in Hugging Face format (`rlhf.models.saving.save_hf`).
+
+        Under ZeRO-3 the weights are gathered collectively, so every rank must call this
+        (`WorkerGroup.run_all`); under ZeRO 0-2 calling rank 0 alone is enough.
+        """
+        self._require_engine()
+        with self._gather(list(self.module.parameters())):
+            if self.rank == 0:
+                save_hf(self.module, self.tokenizer, path)
+                return path
+        return None
+
+
+def _dummy_row(batch: Batch) -> Batch:
+    """A stand-in row of ones shaped like ``batch``, for a ZeRO-3 rank with no rows of its own to forward."""
+    row = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            row[key] = torch.ones((1, *value.shape[1:]), dtype=value.dtype)
+        elif isinstance(value, (list, tuple)):
+            row[key] = [""]
+        else:
+            row[key] = value
+    return row

@@ -1,0 +1,43 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory) -> dict[str, str]:
+    """Tiny tokenizer, policy, reward, critic and data (rlhf.tiny), built once per session."""
+    from rlhf.tiny import build_tiny_assets
+
+    return build_tiny_assets(tmp_path_factory.mktemp("tiny_assets") / "assets", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """The tiny character-level tokenizer, saved and reloaded with AutoTokenizer."""
+    from transformers import AutoTokenizer
+
+    from rlhf.tiny import build_tokenizer
+
+    out_dir = tmp_path_factory.mktemp("tiny_tokenizer")
+    build_tokenizer(out_dir)
+    return AutoTokenizer.from_pretrained(str(out_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_assets_dir(tiny_assets) -> str:
+    """The directory holding the tiny assets (what configs name as `tiny_assets`)."""
+    return tiny_assets["root"]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray cluster for the whole session (starting Ray costs ~10 s here); yields its address
+    so child processes can join it with RAY_ADDRESS. 8 logical CPUs: actors ask for fractions anyway."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

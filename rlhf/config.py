@@ -252,6 +252,8 @@ def _check_consistency(cfg: RLHFConfig) -> None:
                 f"trainer.train_batch_size: {cfg.trainer.train_batch_size} is not a multiple of "
                 f"trainer.micro_batch_size*resources.policy.num_actors={micro * n_policy}"
             )
+    if algo == "rm" and cfg.model.lora.enabled:
+        raise ValueError("model.lora: reward-model training (algorithm.name=rm) trains all weights; set model.lora.enabled=false")
     if cfg.model.reference_from_base and not cfg.model.lora.enabled:
         raise ValueError("model.reference_from_base: needs model.lora.enabled=true")
     if cfg.model.reward_fn and not re.match(r"^[\w.]+:\w+$", cfg.model.reward_fn):

@@ -15,7 +15,10 @@ Batch = dict[str, Any]
 
 
 def batch_size(batch: Batch) -> int:
-    return len(next(iter(batch.values())))
+    for value in batch.values():
+        if isinstance(value, (torch.Tensor, list, tuple)):
+            return len(value)
+    raise ValueError("batch holds no tensor or list to take a size from")
 
 
 def index_batch(batch: Batch, index: torch.Tensor | list[int]) -> Batch:
@@ -27,10 +30,13 @@ def index_batch(batch: Batch, index: torch.Tensor | list[int]) -> Batch:
     return out
 
 
-def split_batch(batch: Batch, parts: int) -> list[Batch]:
-    """Split into `parts` contiguous shards whose sizes differ by at most one."""
-    bounds = torch.tensor_split(torch.arange(batch_size(batch)), parts)
-    return [index_batch(batch, idx) for idx in bounds]
+def split_batch(batch: Batch, size: int) -> list[Batch]:
+    """Consecutive micro-batches of at most ``size`` rows (tensors and lists sliced along dim 0)."""
+    n = batch_size(batch)
+    return [
+        {k: v[start : start + size] if isinstance(v, (torch.Tensor, list, tuple)) else v for k, v in batch.items()}
+        for start in range(0, n, size)
+    ]
 
 
 def concat_batches(batches: list[Batch]) -> Batch:

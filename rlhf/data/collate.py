@@ -65,3 +65,9 @@ def collate_preference(examples: Sequence[TokenizedPreference], pad_id: int) -> 
         input_ids, attention_mask, loss_mask = _right_padded(sequences, masks, pad_id, length)
         batch.update({f"{name}_input_ids": input_ids, f"{name}_attention_mask": attention_mask, f"{name}_loss_mask": loss_mask})
     return batch
+
+
+def pairs_as_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A preference batch as one [2B, T] batch of rows {input_ids, attention_mask, loss_mask}: the B
+    chosen rows first, then the B rejected rows (pair i is rows i and B + i)."""
+    return {key: torch.cat([batch[f"chosen_{key}"], batch[f"rejected_{key}"]]) for key in ("input_ids", "attention_mask", "loss_mask")}

@@ -59,7 +59,8 @@ class MetricsLogger:
             id=_stable_run_id(self.dir),
         )
 
-    def log(self, step: int, metrics: dict[str, float], postfix_keys: tuple[str, ...] = ()) -> None:
+    def log(self, step: int, metrics: dict[str, float], postfix_keys: tuple[str, ...] = (), advance: bool = True) -> None:
+        """Append one row; ``advance=False`` for a row that is not a training step (an eval before step 1)."""
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         self.history.append(row)
         self._file.write(json.dumps(row) + "\n")
@@ -67,7 +68,7 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
         if self._bar is not None:
-            self._bar.update(1)
+            self._bar.update(1 if advance else 0)
             shown = {k: f"{row[k]:.3g}" for k in postfix_keys if k in row}
             self._bar.set_postfix(shown, refresh=False)
 

@@ -1,4 +1,6 @@
-"""Forward passes over PPO-style batches: per-response-token logprobs, values and sequence scores.
+"""Forward passes over PPO-style batches: per-response-token logprobs, values and sequence scores;
+and over full right-padded sequences (SFT, DPO, reward-model training): next-token logits and
+summed response logprobs.
 
 A batch holds `input_ids` and `attention_mask` of shape [B, P+R]: the prompt left-padded to P
 tokens, then the response right-padded to R tokens. Outputs are aligned with the R response
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf.algorithms.logprobs import entropy_from_logits, logprobs_from_logits
+from rlhf.algorithms.logprobs import entropy_from_logits, logprobs_from_logits, sequence_logprobs
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -52,3 +54,26 @@ def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         return logits[:, 0].float()
     last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).long().argmax(-1)
     return logits[torch.arange(logits.shape[0]), last, 0].float()
+
+
+# -- full sequences (SFT, DPO, reward-model training): right-padded [B, T], loss_mask on response tokens --
+
+
+def next_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits [B, T-1, V] at positions 0 .. T-2, predicting ``input_ids[:, 1:]`` (the labels)."""
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+    ).logits
+    return logits[:, :-1]
+
+
+def masked_sequence_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
+    """log p(response) = sum over the masked tokens of log pi(x_t | x_<t): [B], float32.
+
+    ``loss_mask`` [B, T] is aligned with ``input_ids`` (1 on response tokens, see `rlhf.data.collate`).
+    """
+    logits = next_token_logits(model, input_ids, attention_mask)
+    token_logps = logprobs_from_logits(logits, input_ids[:, 1:])
+    return sequence_logprobs(token_logps, loss_mask[:, 1:])

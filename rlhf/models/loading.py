@@ -76,13 +76,19 @@ def load_causal_lm(path: str, dtype: str = "float32", lora: LoraConfig | None = 
     return model
 
 
-def load_reward_model(path: str, dtype: str = "float32"):
-    """A sequence-classification model with one label (the score), its pad id set so batches can pool."""
+def load_reward_model(path: str, dtype: str = "float32", gradient_checkpointing: bool = False):
+    """A sequence-classification model with one label (the score), its pad id set so batches can pool.
+
+    ``path`` may also be a causal LM (e.g. an SFT policy, to train a reward model from): its
+    backbone is reused and the score head is freshly initialised.
+    """
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch_dtype(dtype))
     _set_pad_id(model, path)
     model.config.use_cache = False
+    if gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
     return model
 
 

@@ -1,18 +1,27 @@
-"""The policy trainer role: logprobs, PPO steps, and publishing its weights to the rollout engines.
+"""The policy trainer role: logprobs, PPO, SFT and DPO steps, and publishing its weights to the rollout engines.
 
-Batches follow `rlhf.data.padding`: input_ids / attention_mask [B, P+R], response_mask [B, R].
-Logprobs use rollout.temperature, the temperature the engines sampled with, so that old
+PPO batches follow `rlhf.data.padding`: input_ids / attention_mask [B, P+R], response_mask [B, R].
+Their logprobs use rollout.temperature, the temperature the engines sampled with, so that old
 logprobs, the PPO ratio and the engines' sampling logprobs all describe the same distribution.
+
+SFT and DPO batches follow `rlhf.data.collate`: right-padded full sequences [B, T] with a
+loss_mask on the response tokens (DPO: chosen_* and rejected_* of each pair); their logprobs
+are at temperature 1, the model's own distribution.
 """
 
 from __future__ import annotations
 
 import torch
 
+from rlhf.algorithms.dpo import dpo_loss
+from rlhf.algorithms.logprobs import logprobs_from_logits, sequence_logprobs
 from rlhf.algorithms.masked import masked_mean
 from rlhf.algorithms.ppo import policy_loss
+from rlhf.algorithms.reward import pairwise_accuracy
+from rlhf.algorithms.sft import sft_loss
 from rlhf.config import RLHFConfig
-from rlhf.models.forward import response_logprobs
+from rlhf.data.collate import pairs_as_rows
+from rlhf.models.forward import masked_sequence_logprobs, next_token_logits, response_logprobs
 from rlhf.models.loading import load_causal_lm
 from rlhf.models.saving import export_merged_state_dict, is_peft_model
 from rlhf.workers.trainer_base import Batch, TrainerBase
@@ -39,10 +48,26 @@ class PolicyTrainer(TrainerBase):
 
     def reference_logprobs(self, batch: Batch) -> torch.Tensor:
         """The reference's logprobs when the reference is this policy's base model (LoRA adapter disabled)."""
-        if not (self.cfg.model.reference_from_base and is_peft_model(self.module)):
-            raise RuntimeError("policy: reference_logprobs needs model.lora.enabled and model.reference_from_base")
+        self._require_reference_from_base("reference_logprobs")
         with self.module.disable_adapter():
             return self._masked_logprobs(batch)
+
+    def sequence_logprobs(self, batch: Batch) -> torch.Tensor:
+        """log pi(response) per row of a full-sequence batch (input_ids, attention_mask, loss_mask [B, T]): [B].
+
+        For DPO pairs, `rlhf.data.collate.pairs_as_rows` turns a preference batch into such rows.
+        """
+        return self._forward_no_grad(batch, _sequence_logprobs)
+
+    def reference_sequence_logprobs(self, batch: Batch) -> torch.Tensor:
+        """`sequence_logprobs` under the reference when it is this policy's base model (LoRA adapter disabled)."""
+        self._require_reference_from_base("reference_sequence_logprobs")
+        with self.module.disable_adapter():
+            return self.sequence_logprobs(batch)
+
+    def _require_reference_from_base(self, method: str) -> None:
+        if not (self.cfg.model.reference_from_base and is_peft_model(self.module)):
+            raise RuntimeError(f"policy: {method} needs model.lora.enabled and model.reference_from_base")
 
     def _masked_logprobs(self, batch: Batch) -> torch.Tensor:
         temperature = self.cfg.rollout.temperature
@@ -86,6 +111,61 @@ class PolicyTrainer(TrainerBase):
 
         return self._train_on(minibatch, loss_fn)
 
+    def sft_step(self, minibatch: Batch) -> dict[str, float]:
+        """One optimizer step of supervised fine-tuning on this rank's shard.
+
+        minibatch: input_ids, attention_mask, loss_mask [B, T] (`rlhf.data.collate.collate_sft`).
+        loss = sft_loss (token-mean NLL of the response tokens). Returns loss, policy/grad_norm, policy/lr.
+        """
+
+        def loss_fn(mb):
+            logits = next_token_logits(self.engine, mb["input_ids"], mb["attention_mask"])
+            loss = sft_loss(logits, mb["input_ids"][:, 1:], mb["loss_mask"][:, 1:])
+            return loss, {"loss": loss.detach()}
+
+        return self._train_on(minibatch, loss_fn)
+
+    def dpo_step(self, minibatch: Batch) -> dict[str, float]:
+        """One optimizer step of the DPO loss (algorithm.dpo) on this rank's shard of preference pairs.
+
+        minibatch: chosen_/rejected_ {input_ids, attention_mask, loss_mask} [B, T]
+        (`rlhf.data.collate.collate_preference`) and the reference's ref_chosen_logps,
+        ref_rejected_logps [B]. Chosen and rejected go through the model in one forward pass
+        ([2B, T]). loss = mean_b dpo_loss + nll_coef * sft_loss(chosen) (RPO; only when nll_coef > 0).
+        Returns TRL's names: loss, rewards/chosen, rewards/rejected, rewards/accuracies,
+        rewards/margins, logps/chosen, logps/rejected (and nll_loss), plus policy/grad_norm, policy/lr.
+        """
+        dpo = self.cfg.algorithm.dpo
+
+        def loss_fn(mb):
+            rows = pairs_as_rows(mb)
+            n = len(mb["ref_chosen_logps"])
+            logits = next_token_logits(self.engine, rows["input_ids"], rows["attention_mask"])
+            labels, mask = rows["input_ids"][:, 1:], rows["loss_mask"][:, 1:]
+            logps = sequence_logprobs(logprobs_from_logits(logits, labels), mask)
+            chosen, rejected = logps[:n], logps[n:]
+            losses, chosen_rewards, rejected_rewards = dpo_loss(
+                chosen, rejected, mb["ref_chosen_logps"].to(logps.dtype), mb["ref_rejected_logps"].to(logps.dtype),
+                beta=dpo.beta, loss_type=dpo.loss_type, label_smoothing=dpo.label_smoothing,
+            )
+            loss = losses.mean()
+            stats = {
+                "rewards/chosen": chosen_rewards.mean(),
+                "rewards/rejected": rejected_rewards.mean(),
+                "rewards/accuracies": pairwise_accuracy(chosen_rewards, rejected_rewards),
+                "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+                "logps/chosen": chosen.detach().mean(),
+                "logps/rejected": rejected.detach().mean(),
+            }
+            if dpo.nll_coef > 0:
+                nll = sft_loss(logits[:n], labels[:n], mask[:n])
+                loss = loss + dpo.nll_coef * nll
+                stats["nll_loss"] = nll.detach()
+            stats["loss"] = loss.detach()
+            return loss, stats
+
+        return self._train_on(minibatch, loss_fn)
+
     # -- weight sync -----------------------------------------------------------------------------
     def export_weights(self) -> dict[str, torch.Tensor] | None:
         """Rank 0: {HF name: CPU tensor}, LoRA merged in; other ranks None. All ranks call it (ZeRO-3 gathers)."""
@@ -105,3 +185,7 @@ class PolicyTrainer(TrainerBase):
         if self._transport is None:
             self._transport = make_transport(self.cfg.rollout.sync_transport, self.device.type)
         return self._transport.send(weights, version)
+
+
+def _sequence_logprobs(module, mb: Batch) -> torch.Tensor:
+    return masked_sequence_logprobs(module, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])

@@ -1,7 +1,8 @@
-"""The reference role: a frozen copy of the initial policy that scores responses.
+"""The reference role: a frozen copy of the initial policy that scores responses (PPO) and preference pairs (DPO).
 
-Its logprobs use rollout.temperature, like the policy's, so that the KL penalty compares the
-two models on the same (temperature-scaled) distributions. It runs without DeepSpeed: a frozen
+Its PPO logprobs use rollout.temperature, like the policy's, so that the KL penalty compares the
+two models on the same (temperature-scaled) distributions; DPO's sequence logprobs use
+temperature 1, like the policy's DPO step. It runs without DeepSpeed: a frozen
 model needs no optimizer state, and each actor holds a whole copy (replicas, not shards).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.config import RLHFConfig
-from rlhf.models.forward import response_logprobs
+from rlhf.models.forward import masked_sequence_logprobs, response_logprobs
 from rlhf.models.loading import device_for, load_causal_lm
 from rlhf.workers.trainer_base import (
     Batch,
@@ -42,4 +43,15 @@ class ReferenceWorker(RoleWorker):
             mb = to_device(mb, self.device)
             logp = response_logprobs(self.model, mb["input_ids"], mb["attention_mask"], R, self.cfg.rollout.temperature)
             outputs.append(torch.where(mb["response_mask"].bool(), logp, torch.zeros_like(logp)).float().cpu())
+        return torch.cat(outputs)
+
+
+    @torch.no_grad()
+    def sequence_logprobs(self, batch: Batch) -> torch.Tensor:
+        """log pi_ref(response) per row of a full-sequence batch (input_ids, attention_mask, loss_mask [B, T]):
+        [B] on the CPU, at temperature 1 (DPO's reference logprobs)."""
+        outputs = [torch.empty(0)]
+        for mb in split_batch(batch, self.cfg.trainer.micro_batch_size) if batch_size(batch) else []:
+            mb = to_device(mb, self.device)
+            outputs.append(masked_sequence_logprobs(self.model, mb["input_ids"], mb["attention_mask"], mb["loss_mask"]).float().cpu())
         return torch.cat(outputs)

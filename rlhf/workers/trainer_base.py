@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 from rlhf.config import RLHFConfig
+from rlhf.data.batch_ops import Batch, batch_size, split_batch
 from rlhf.models.loading import device_for, load_tokenizer
 from rlhf.models.saving import save_hf
 from rlhf.workers.deepspeed_config import build_deepspeed_config, build_lr_scheduler
 from rlhf.workers.distributed import free_port, init_distributed, node_ip
 
-Batch = dict  # str -> Tensor [B, ...] or list of length B
 LossFn = Callable[[Batch], "tuple[torch.Tensor, dict[str, torch.Tensor | float]]"]
 
 CHECKPOINT_TAG = "ds"  # one DeepSpeed tag per directory: the driver gives every checkpoint its own directory
@@ -43,22 +43,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def batch_size(batch: Batch) -> int:
-    for value in batch.values():
-        if isinstance(value, (torch.Tensor, list, tuple)):
-            return len(value)
-    raise ValueError("batch holds no tensor or list to take a size from")
-
-
-def split_batch(batch: Batch, size: int) -> list[Batch]:
-    """Consecutive micro-batches of at most ``size`` rows (tensors and lists sliced along dim 0)."""
-    n = batch_size(batch)
-    return [
-        {k: v[start : start + size] if isinstance(v, (torch.Tensor, list, tuple)) else v for k, v in batch.items()}
-        for start in range(0, n, size)
-    ]
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

@@ -1,0 +1,74 @@
+"""The reward-model trainer role: Bradley-Terry steps on preference pairs, in a DeepSpeed engine.
+
+The model is a 1-label sequence-classification model (`load_reward_model`) started from
+model.policy: an SFT policy (a causal LM: its backbone is reused, the score head is new) or an
+existing reward model to train further. What `save_pretrained` writes is a plain
+`<Arch>ForSequenceClassification` directory with its tokenizer, usable directly as
+`model.reward` of a PPO run (`RewardWorker`) or with `AutoModelForSequenceClassification`.
+
+Batches are preference batches (`rlhf.data.collate.collate_preference`); the score of a
+sequence is the head's output at its last real token (`rlhf.models.forward.sequence_scores`,
+the same pooling the reward role uses when it scores rollouts).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf.algorithms.reward import pairwise_accuracy, pairwise_loss
+from rlhf.config import RLHFConfig
+from rlhf.data.collate import pairs_as_rows
+from rlhf.models.forward import sequence_scores
+from rlhf.models.loading import load_reward_model
+from rlhf.workers.trainer_base import Batch, TrainerBase
+
+
+class RewardTrainer(TrainerBase):
+    """One data-parallel rank of a reward model being trained; learning rate trainer.learning_rate."""
+
+    role = "reward"
+    stat_prefix = "reward"
+
+    def __init__(self, cfg: RLHFConfig, model_path: str | None = None, total_steps: int | None = None):
+        super().__init__(cfg, model_path or cfg.model.policy, total_steps)
+
+    def _load_model(self, path: str):
+        return load_reward_model(path, self.cfg.model.dtype, self.cfg.model.gradient_checkpointing)
+
+    def pair_scores(self, batch: Batch) -> torch.Tensor:
+        """Scores of each pair's chosen and rejected sequence: [B, 2] (column 0 chosen, 1 rejected)."""
+
+        def forward(module, mb):
+            chosen, rejected = _pair_scores(module, mb)
+            return torch.stack([chosen, rejected], dim=1)
+
+        return self._forward_no_grad(batch, forward).reshape(-1, 2)
+
+    def rm_step(self, minibatch: Batch) -> dict[str, float]:
+        """One optimizer step of the Bradley-Terry loss on this rank's shard of preference pairs.
+
+        loss = mean_b pairwise_loss(r_chosen, r_rejected, algorithm.rm.margin); chosen and
+        rejected go through the model in one forward pass ([2B, T]). Returns loss, accuracy,
+        rewards/chosen, rewards/rejected, rewards/margins (mean scores), reward/grad_norm, reward/lr.
+        """
+        margin = self.cfg.algorithm.rm.margin
+
+        def loss_fn(mb):
+            chosen, rejected = _pair_scores(self.engine, mb)
+            loss = pairwise_loss(chosen, rejected, margin).mean()
+            return loss, {
+                "loss": loss.detach(),
+                "accuracy": pairwise_accuracy(chosen, rejected),
+                "rewards/chosen": chosen.detach().mean(),
+                "rewards/rejected": rejected.detach().mean(),
+                "rewards/margins": (chosen - rejected).detach().mean(),
+            }
+
+        return self._train_on(minibatch, loss_fn)
+
+
+def _pair_scores(model, mb: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = pairs_as_rows(mb)
+    scores = sequence_scores(model, rows["input_ids"], rows["attention_mask"])
+    n = len(scores) // 2
+    return scores[:n], scores[n:]

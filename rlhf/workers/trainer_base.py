@@ -45,6 +45,22 @@ def set_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def _rng_state() -> dict:
+    """Python, numpy and torch RNG states of this process (dropout, sampling inside the trainer)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -263,7 +279,11 @@ class TrainerBase(RoleWorker):
         """
         engine = self._require_engine()
         engine.save_checkpoint(path, tag=CHECKPOINT_TAG, exclude_frozen_parameters=self._has_frozen_parameters())
+        torch.save(_rng_state(), self._rng_path(path))
         return path
+
+    def _rng_path(self, path: str) -> str:
+        return os.path.join(path, f"rng_rank{self.rank}.pt")
 
     def load_checkpoint(self, path: str) -> str:
         """Restore what `save_checkpoint` wrote, into a freshly built engine; all ranks call."""
@@ -279,6 +299,8 @@ class TrainerBase(RoleWorker):
         )
         if loaded is None:
             raise FileNotFoundError(f"{self.role}: no DeepSpeed checkpoint (tag {CHECKPOINT_TAG!r}) in {path}")
+        if os.path.isfile(self._rng_path(path)):
+            _set_rng_state(torch.load(self._rng_path(path), weights_only=False))
         return path
 
     def save_pretrained(self, path: str) -> str | None:

@@ -20,7 +20,7 @@ from rlhf.data.padding import build_sequence_batch
 from rlhf.models.forward import response_logprobs, sequence_scores
 from rlhf.models.loading import load_causal_lm, load_reward_model, load_tokenizer
 from rlhf.workers.critic import CriticTrainer
-from rlhf.workers.group import RoleDiedError, RoleTimeoutError, WorkerGroup
+from rlhf.workers.group import RoleDiedError, RoleFailedError, RoleTimeoutError, WorkerGroup
 from rlhf.workers.policy import PolicyTrainer
 from rlhf.workers.reference import ReferenceWorker
 from rlhf.workers.reward import RewardWorker
@@ -397,6 +397,9 @@ class Sleeper:
     def shard_len(self, batch: dict) -> int:
         return len(batch["x"]) + len(batch["names"])
 
+    def fail(self) -> None:
+        raise ValueError("bad shard")
+
 
 def test_group_scatter_timeout_and_death(ray_session):
     group = WorkerGroup(Sleeper, "sleepy", 2, {"num_cpus": 0.1}, init_args=("hi",), call_timeout_s=60)
@@ -407,6 +410,8 @@ def test_group_scatter_timeout_and_death(ray_session):
         assert group.run_each("sleep", [(0,), (0.1,)]) == ["hi", "hi"]
         # 5 rows over 2 actors: 3 + 2, tensors and lists alike.
         assert group.scatter("shard_len", {"x": torch.arange(5), "names": list("abcde")}) == [6, 4]
+        with pytest.raises(RoleFailedError, match=r"sleepy actor [01] failed in fail: ValueError: bad shard"):
+            group.run_all("fail")
 
         group.call_timeout_s = 1.5
         start = time.monotonic()

@@ -7,9 +7,9 @@ into errors that name the role, the actor and the method:
 
     RoleTimeoutError  "<role> did not answer <method> within N s (actors [i, ...] still busy)"
     RoleDiedError     "<role> actor <i> died during <method>: <cause>"
+    RoleFailedError   "<role> actor <i> failed in <method>: <ExceptionType>: <message>"
 
-An exception raised inside an actor method propagates unchanged (Ray's RayTaskError, which is
-also an instance of the original exception class and carries the remote traceback).
+A RoleFailedError keeps Ray's RayTaskError (with the remote traceback) as its __cause__.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 
 class WorkerError(RuntimeError):
@@ -34,6 +34,10 @@ class RoleTimeoutError(WorkerError):
 
 class RoleDiedError(WorkerError):
     """An actor process died (crash, OOM kill, node loss) or could not be created."""
+
+
+class RoleFailedError(WorkerError):
+    """An actor method raised an exception."""
 
 
 def _shardable(value) -> bool:
@@ -217,6 +221,11 @@ class WorkerGroup:
                     results[i] = ray.get(ref, timeout=0)
                 except RayActorError as exc:
                     raise RoleDiedError(f"{self.role} actor {actor_indices[i]} died during {method}: {_describe(exc)}") from exc
+                except RayTaskError as exc:
+                    cause = exc.cause if exc.cause is not None else exc
+                    raise RoleFailedError(
+                        f"{self.role} actor {actor_indices[i]} failed in {method}: {type(cause).__name__}: {cause}"
+                    ) from exc
                 except GetTimeoutError:  # pragma: no cover - a ready ref does not time out
                     pending.append(ref)
         return results

@@ -55,7 +55,7 @@ def connect_ray(cfg: RLHFConfig) -> None:
         log.info("connecting to Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        log.info("starting a local Ray cluster")
+        log.info("no RAY_ADDRESS: joining a Ray cluster started on this machine, or starting a local one")
         ray.init(include_dashboard=False)
 
 

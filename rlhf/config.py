@@ -252,6 +252,9 @@ def _check_consistency(cfg: RLHFConfig) -> None:
                 f"trainer.train_batch_size: {cfg.trainer.train_batch_size} is not a multiple of "
                 f"trainer.micro_batch_size*resources.policy.num_actors={micro * n_policy}"
             )
+    dpo = cfg.algorithm.dpo
+    if algo == "dpo" and dpo.label_smoothing and dpo.loss_type not in ("sigmoid", "robust"):
+        raise ValueError(f"algorithm.dpo.label_smoothing: applies only to loss_type sigmoid and robust, not {dpo.loss_type!r}")
     if algo == "rm" and cfg.model.lora.enabled:
         raise ValueError("model.lora: reward-model training (algorithm.name=rm) trains all weights; set model.lora.enabled=false")
     if cfg.model.reference_from_base and not cfg.model.lora.enabled:

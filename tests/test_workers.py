@@ -294,7 +294,7 @@ def test_critic_value_step_and_checkpoint_resume(ray_session, tiny_assets, token
         group.run_all("load_checkpoint", str(tmp_path / "ckpt"))
         torch.testing.assert_close(group.rank0("values", batch), expected_values, atol=1e-6, rtol=0)
         assert group.rank0("value_step", minibatch) == pytest.approx(expected_next, rel=1e-5, abs=1e-6)
-        with pytest.raises(FileNotFoundError, match="no DeepSpeed checkpoint"):
+        with pytest.raises(RoleFailedError, match="failed in load_checkpoint: FileNotFoundError: .*no DeepSpeed checkpoint"):
             group.rank0("load_checkpoint", str(tmp_path / "missing"))
     finally:
         group.kill()

@@ -1,6 +1,6 @@
 """Command-line entry point: `python -m rlhf.run CONFIG [key.sub=value ...] [--print-config]`.
 
-Exit codes: 0 success, 2 config or data error (one line, no traceback), 3 the cluster lacks
+Exit codes: 0 success, 2 config, data or checkpoint error (one line, no traceback), 3 the cluster lacks
 the resources the plan needs, 1 a role failed or timed out during the run.
 """
 
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from rlhf.data.errors import DataError
+    from rlhf.drivers.checkpoint import CheckpointError
     from rlhf.drivers.cluster import ResourceError
     from rlhf.workers.group import WorkerError
 
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg)
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
+        return 2
+    except CheckpointError as err:
+        print(f"checkpoint error: {err}", file=sys.stderr)
         return 2
     except ResourceError as err:
         print(f"resource error: {err}", file=sys.stderr)

@@ -3,6 +3,7 @@
 import pytest
 
 from rlhf.drivers.checkpoint import (
+    CheckpointError,
     PendingCheckpoint,
     complete_checkpoints,
     latest_checkpoint,
@@ -43,7 +44,7 @@ def test_resume_modes(tmp_path):
     path = save(tmp_path, 1)
     assert resolve_resume("never", tmp_path) is None
     assert resolve_resume(str(path), tmp_path) == path
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         resolve_resume(str(tmp_path / "step_000042"), tmp_path)
 
 
@@ -51,3 +52,12 @@ def test_resaving_a_step_replaces_it(tmp_path):
     save(tmp_path, 4)
     save(tmp_path, 4)
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_000004"]
+
+
+def test_another_algorithms_checkpoint_is_refused(tmp_path):
+    pending = PendingCheckpoint(tmp_path, 1, keep=1)
+    pending.write_driver_state({"algorithm": "sft", "step": 1})
+    path = pending.commit()
+    assert read_driver_state(path, "sft")["step"] == 1
+    with pytest.raises(CheckpointError, match="checkpoint of algorithm 'sft', this run is 'ppo'"):
+        read_driver_state(path, "ppo")

@@ -18,6 +18,11 @@ from pathlib import Path
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 MARKER = "COMPLETE"
+
+
+class CheckpointError(ValueError):
+    """checkpoint.resume names something that cannot be resumed from."""
+
 DRIVER_STATE = "driver_state.json"
 
 
@@ -51,7 +56,7 @@ def resolve_resume(resume: str, root: str | os.PathLike) -> Path | None:
         return latest_checkpoint(root)
     path = Path(resume)
     if not (path / MARKER).is_file():
-        raise FileNotFoundError(f"checkpoint.resume: {resume} is not a complete checkpoint (no {MARKER} marker)")
+        raise CheckpointError(f"checkpoint.resume: {resume} is not a complete checkpoint (no {MARKER} marker)")
     return path
 
 
@@ -81,5 +86,11 @@ class PendingCheckpoint:
         return self.final
 
 
-def read_driver_state(checkpoint: str | os.PathLike) -> dict:
-    return json.loads((Path(checkpoint) / DRIVER_STATE).read_text())
+def read_driver_state(checkpoint: str | os.PathLike, algorithm: str | None = None) -> dict:
+    """The driver's state saved with `checkpoint`; with `algorithm`, refuse another algorithm's checkpoint."""
+    state = json.loads((Path(checkpoint) / DRIVER_STATE).read_text())
+    if algorithm is not None and state.get("algorithm") != algorithm:
+        raise CheckpointError(
+            f"checkpoint.resume: {checkpoint} is a checkpoint of algorithm {state.get('algorithm')!r}, this run is {algorithm!r}"
+        )
+    return state

@@ -180,6 +180,22 @@ def remove_placement_groups(pools: dict[str, Pool]) -> None:
             pool.pg = None
 
 
+def release(groups: list, pools: dict[str, Pool]) -> None:
+    """Kill a run's actors and remove its placement groups."""
+    for group in groups:
+        group.kill()
+    remove_placement_groups(pools)
+
+
+def write_placement(groups: list, out_dir) -> None:
+    """<out_dir>/placement.json: role -> the node id of each of its actors."""
+    import json
+    from pathlib import Path
+
+    placement = {group.role: group.node_ids() for group in groups}
+    (Path(out_dir) / "placement.json").write_text(json.dumps(placement, indent=1))
+
+
 def actor_options(pools: dict[str, Pool], role: str, index: int) -> dict:
     """Ray actor options placing actor `index` of `role` in its pool's bundle `index`."""
     pool = pools[role]

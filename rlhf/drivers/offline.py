@@ -28,7 +28,6 @@ whose message starts with the step ("step 12: policy did not answer dpo_step wit
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +37,7 @@ from rlhf.config import RLHFConfig, to_yaml
 from rlhf.data.datasets import EpochSampler, TokenizedDataset
 from rlhf.data.errors import DataError
 from rlhf.drivers.checkpoint import PendingCheckpoint, read_driver_state, resolve_resume
-from rlhf.drivers.cluster import Pool, actor_options, prepare_placement, remove_placement_groups
+from rlhf.drivers.cluster import Pool, actor_options, prepare_placement, release, write_placement
 from rlhf.drivers.metrics import MetricsLogger
 from rlhf.models.loading import load_tokenizer
 from rlhf.workers.group import WorkerError, WorkerGroup
@@ -208,9 +207,7 @@ class OfflineDriver:
             raise type(err)(f"step {self.step} (eval): {err}") from err
 
     def _shutdown(self) -> None:
-        for group in self.groups.values():
-            group.kill()
-        remove_placement_groups(self.pools)
+        release(list(self.groups.values()), self.pools)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -233,11 +230,7 @@ class OfflineDriver:
         ckpt = resolve_resume(self.cfg.checkpoint.resume, self.cfg.checkpoint_dir)
         if ckpt is None:
             return
-        state = read_driver_state(ckpt)
-        algorithm = state.get("algorithm")
-        if algorithm != self.cfg.algorithm.name:
-            raise ValueError(f"checkpoint.resume: {ckpt} is a checkpoint of algorithm {algorithm!r}, "
-                             f"this run is {self.cfg.algorithm.name!r}")
+        state = read_driver_state(ckpt, self.cfg.algorithm.name)
         self.sampler.load_state_dict(state["sampler"])
         self.trainer.run_all("load_checkpoint", str(ckpt / self.model_dir))
         self.step = state["step"]
@@ -246,8 +239,7 @@ class OfflineDriver:
 
     # -- reporting ----------------------------------------------------------------------------------
     def _write_placement(self, out: Path) -> None:
-        placement = {g.role: g.node_ids() for g in self.groups.values()}
-        (out / "placement.json").write_text(json.dumps(placement, indent=1))
+        write_placement(list(self.groups.values()), out)
 
     def summary(self, history: list[dict], seconds: float, first_step: int) -> str:
         out = Path(self.cfg.logging.output_dir)

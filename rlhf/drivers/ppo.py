@@ -21,7 +21,7 @@ from rlhf.config import RLHFConfig, to_yaml
 from rlhf.data.batch_ops import concat_rollouts, index_batch
 from rlhf.data.datasets import EpochSampler, load_prompt_dataset
 from rlhf.drivers.checkpoint import PendingCheckpoint, read_driver_state, resolve_resume
-from rlhf.drivers.cluster import Pool, actor_options, prepare_placement, remove_placement_groups
+from rlhf.drivers.cluster import Pool, actor_options, prepare_placement, release, write_placement
 from rlhf.drivers.metrics import MetricsLogger
 from rlhf.models.loading import load_tokenizer
 from rlhf.workers.critic import CriticTrainer
@@ -135,10 +135,7 @@ class PPODriver:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        if self.roles is not None:
-            for group in self.roles.all():
-                group.kill()
-        remove_placement_groups(self.pools)
+        release(self.roles.all() if self.roles is not None else [], self.pools)
 
     # -- one PPO step --------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -288,6 +285,7 @@ class PPODriver:
         self.roles.critic.run_all("save_pretrained", str(pending.path / "critic_hf"))
         pending.write_driver_state(
             {
+                "algorithm": "ppo",
                 "step": self.step,
                 "kl_controller": self.kl_ctl.state_dict(),
                 "sampler": self.sampler.state_dict(),
@@ -304,7 +302,7 @@ class PPODriver:
         ckpt = resolve_resume(self.cfg.checkpoint.resume, self.cfg.checkpoint_dir)
         if ckpt is None:
             return
-        state = read_driver_state(ckpt)
+        state = read_driver_state(ckpt, "ppo")
         self.roles.policy.run_all("load_checkpoint", str(ckpt / "policy"))
         self.roles.critic.run_all("load_checkpoint", str(ckpt / "critic"))
         self.step = state["step"]
@@ -320,10 +318,7 @@ class PPODriver:
 
     # -- reporting -----------------------------------------------------------------------------
     def _write_placement(self, out: Path) -> None:
-        import json
-
-        placement = {g.role: g.node_ids() for g in self.roles.all()}
-        (out / "placement.json").write_text(json.dumps(placement, indent=1))
+        write_placement(self.roles.all(), out)
 
     def _summary(self, history: list[dict], seconds: float) -> str:
         if not history:

@@ -84,12 +84,7 @@ def load_reward_model(path: str, dtype: str = "float32", gradient_checkpointing:
     """
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch_dtype(dtype))
-    _set_pad_id(model, path)
-    model.config.use_cache = False
-    if gradient_checkpointing:
-        _enable_gradient_checkpointing(model)
-    return model
+    return _load_one_label_model(AutoModelForSequenceClassification, path, dtype, gradient_checkpointing)
 
 
 def load_value_model(path: str, dtype: str = "float32", gradient_checkpointing: bool = False):
@@ -102,7 +97,12 @@ def load_value_model(path: str, dtype: str = "float32", gradient_checkpointing: 
     """
     from transformers import AutoModelForTokenClassification
 
-    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, dtype=torch_dtype(dtype))
+    return _load_one_label_model(AutoModelForTokenClassification, path, dtype, gradient_checkpointing)
+
+
+def _load_one_label_model(auto_cls, path: str, dtype: str, gradient_checkpointing: bool):
+    """A 1-label head model (reward or value) with its pad id set and the KV cache off (training)."""
+    model = auto_cls.from_pretrained(path, num_labels=1, dtype=torch_dtype(dtype))
     _set_pad_id(model, path)
     model.config.use_cache = False
     if gradient_checkpointing:

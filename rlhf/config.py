@@ -16,6 +16,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlhf.registry import ALGORITHM_NAMES, get_algorithm
+
 ROLES = ("policy", "reference", "reward", "critic", "rollout")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -91,11 +93,28 @@ class PPOConfig(Section):
     kl_controller: Literal["fixed", "adaptive"] = Field("fixed", description="Keep kl_coef fixed or adapt it (Ziegler et al. 2019).")
     kl_target: float = Field(6.0, gt=0, description="Adaptive controller: target KL per sequence.")
     kl_horizon: int = Field(10000, ge=1, description="Adaptive controller: horizon in samples.")
-    whiten_advantages: bool = Field(True, description="Normalise advantages to zero mean, unit variance per batch.")
+    whiten_advantages: bool = Field(True, description="GAE (ppo) only: normalise advantages to zero mean, unit variance per batch.")
     normalize_reward: bool = Field(False, description="Scale scores by a running std before shaping.")
     reward_clip: Optional[float] = Field(None, gt=0, description="Clip scores to [-reward_clip, reward_clip].")
     missing_eos_penalty: Optional[float] = Field(None, description="Subtract this from the score of responses that never emitted EOS.")
     eval_interval: int = Field(0, ge=0, description="Score the eval prompts every N steps (0 = never).")
+    log_kl: bool = Field(
+        True, description="Measure KL(policy || reference) every step even when kl_coef is 0; false (with kl_coef 0 and a "
+        "fixed controller) starts no reference role."
+    )
+    dynamic_sampling: bool = Field(
+        False, description="DAPO dynamic sampling: drop groups whose rewards are all equal, sample more prompts until "
+        "rollout_batch_size groups remain."
+    )
+    dynamic_sampling_max_rounds: int = Field(
+        4, ge=1, description="Dynamic sampling: at most this many generation rounds per step; a batch still short "
+        "is filled with dropped groups (which carry no advantage)."
+    )
+    overlong_buffer: Optional[int] = Field(
+        None, ge=1, description="DAPO overlong soft penalty: the last N tokens before rollout.max_new_tokens are "
+        "penalised linearly, down to -overlong_penalty at the limit (null = off)."
+    )
+    overlong_penalty: float = Field(1.0, ge=0, description="Overlong soft penalty at max_new_tokens (DAPO: 1.0).")
 
 
 class DPOConfig(Section):
@@ -111,8 +130,10 @@ class RMConfig(Section):
 
 
 class AlgorithmConfig(Section):
-    name: Literal["ppo", "dpo", "sft", "rm"] = Field("ppo", description="Which training loop to run.")
-    ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO hyperparameters.")
+    name: Literal[ALGORITHM_NAMES] = Field("ppo", description="Which algorithm to run (`rlhf.registry.ALGORITHMS`).")
+    ppo: PPOConfig = Field(
+        default_factory=PPOConfig, description="Online RL hyperparameters (ppo, grpo, dr_grpo, rloo, reinforce_pp, ...)."
+    )
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO hyperparameters.")
     rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model training hyperparameters.")
 
@@ -219,44 +240,11 @@ class RLHFConfig(Section):
 
 def _check_consistency(cfg: RLHFConfig) -> None:
     """Cross-field rules; raises ValueError('key: reason') so the loader can prefix the file."""
-    algo = cfg.algorithm.name
     if not cfg.model.policy:
         raise ValueError("model.policy: required")
     if not cfg.data.train:
         raise ValueError("data.train: required")
-    micro, n_policy = cfg.trainer.micro_batch_size, cfg.resources.policy.num_actors
-    if algo == "ppo":
-        ppo = cfg.algorithm.ppo
-        if not (cfg.model.reward or cfg.model.reward_fn):
-            raise ValueError("model.reward: PPO needs model.reward or model.reward_fn")
-        if cfg.model.reward and cfg.model.reward_fn:
-            raise ValueError("model.reward_fn: set model.reward or model.reward_fn, not both")
-        if not (cfg.model.critic or cfg.model.reward):
-            raise ValueError("model.critic: PPO needs a critic model (model.critic, or model.reward to start from)")
-        samples = ppo.rollout_batch_size * ppo.samples_per_prompt
-        if samples % ppo.mini_batch_size:
-            raise ValueError(
-                f"algorithm.ppo.mini_batch_size: rollout_batch_size*samples_per_prompt={samples} "
-                f"is not a multiple of mini_batch_size={ppo.mini_batch_size}"
-            )
-        for role in ("policy", "critic"):
-            n = getattr(cfg.resources, role).num_actors
-            if ppo.mini_batch_size % (micro * n):
-                raise ValueError(
-                    f"algorithm.ppo.mini_batch_size: {ppo.mini_batch_size} is not a multiple of "
-                    f"trainer.micro_batch_size*resources.{role}.num_actors={micro * n}"
-                )
-    else:
-        if cfg.trainer.train_batch_size % (micro * n_policy):
-            raise ValueError(
-                f"trainer.train_batch_size: {cfg.trainer.train_batch_size} is not a multiple of "
-                f"trainer.micro_batch_size*resources.policy.num_actors={micro * n_policy}"
-            )
-    dpo = cfg.algorithm.dpo
-    if algo == "dpo" and dpo.label_smoothing and dpo.loss_type not in ("sigmoid", "robust"):
-        raise ValueError(f"algorithm.dpo.label_smoothing: applies only to loss_type sigmoid and robust, not {dpo.loss_type!r}")
-    if algo == "rm" and cfg.model.lora.enabled:
-        raise ValueError("model.lora: reward-model training (algorithm.name=rm) trains all weights; set model.lora.enabled=false")
+    get_algorithm(cfg.algorithm.name).check(cfg)
     if cfg.model.reference_from_base and not cfg.model.lora.enabled:
         raise ValueError("model.reference_from_base: needs model.lora.enabled=true")
     if cfg.model.reward_fn and not re.match(r"^[\w.]+:\w+$", cfg.model.reward_fn):

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from rlhf.config import ConfigError, RLHFConfig, check_paths, load_config, to_yaml
+from rlhf.registry import get_algorithm
 
 log = logging.getLogger("rlhf")
 
@@ -34,27 +35,12 @@ def resolve_config(path: str, overrides: list[str]) -> RLHFConfig:
     return cfg
 
 
-def run(cfg: RLHFConfig):
-    """Connect to (or start) Ray and run the configured algorithm's driver."""
+def run(cfg: RLHFConfig) -> dict:
+    """Connect to (or start) Ray and run the configured algorithm's driver (its `rlhf.registry` entry)."""
     from rlhf.drivers.cluster import connect_ray
 
     connect_ray(cfg)
-    name = cfg.algorithm.name
-    if name == "ppo":
-        from rlhf.drivers.ppo import run_ppo
-
-        return run_ppo(cfg)
-    if name == "dpo":
-        from rlhf.drivers.dpo import run_dpo
-
-        return run_dpo(cfg)
-    if name == "sft":
-        from rlhf.drivers.sft import run_sft
-
-        return run_sft(cfg)
-    from rlhf.drivers.rm import run_rm
-
-    return run_rm(cfg)
+    return get_algorithm(cfg.algorithm.name).driver_class()(cfg).run()
 
 
 def main(argv: list[str] | None = None) -> int:

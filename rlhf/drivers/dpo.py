@@ -33,7 +33,8 @@ from rlhf.algorithms.reward import pairwise_accuracy
 from rlhf.config import RLHFConfig
 from rlhf.data.collate import collate_preference, pairs_as_rows
 from rlhf.data.datasets import load_preference_dataset
-from rlhf.drivers.offline import OfflineDriver, chunks, load_splits, start_group
+from rlhf.drivers.lifecycle import start_group
+from rlhf.drivers.offline import OfflineDriver, chunks, load_splits
 from rlhf.workers.group import WorkerGroup
 from rlhf.workers.policy import PolicyTrainer
 from rlhf.workers.reference import ReferenceWorker
@@ -117,7 +118,3 @@ class DPODriver(OfflineDriver):
             "eval/rewards/chosen": chosen.mean().item(),
             "eval/rewards/rejected": rejected.mean().item(),
         }
-
-
-def run_dpo(cfg: RLHFConfig) -> dict:
-    return DPODriver(cfg).run()

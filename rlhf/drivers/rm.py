@@ -16,10 +16,10 @@ import time
 import torch
 
 from rlhf.algorithms.reward import pairwise_accuracy, pairwise_loss
-from rlhf.config import RLHFConfig
 from rlhf.data.collate import collate_preference
 from rlhf.data.datasets import load_preference_dataset
-from rlhf.drivers.offline import OfflineDriver, load_splits, start_group
+from rlhf.drivers.lifecycle import start_group
+from rlhf.drivers.offline import OfflineDriver, load_splits
 from rlhf.workers.group import WorkerGroup
 from rlhf.workers.reward_trainer import RewardTrainer
 
@@ -56,7 +56,3 @@ class RMDriver(OfflineDriver):
             "eval/loss": pairwise_loss(chosen, rejected, self.cfg.algorithm.rm.margin).mean().item(),
             "eval/accuracy": pairwise_accuracy(chosen, rejected).item(),
         }
-
-
-def run_rm(cfg: RLHFConfig) -> dict:
-    return RMDriver(cfg).run()

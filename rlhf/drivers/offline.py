@@ -79,6 +79,7 @@ def start_group(cfg: RLHFConfig, pools: dict[str, Pool], actor_cls, *init_args, 
         actor_options=[actor_options(pools, pool, i) for i in range(num)],
         init_args=init_args,
         call_timeout_s=cfg.resources.call_timeout_s,
+        startup_timeout_s=cfg.resources.startup_timeout_s,
     )
 
 

@@ -25,6 +25,7 @@ from rlhf.drivers.cluster import Pool, actor_options, prepare_placement, release
 from rlhf.drivers.metrics import MetricsLogger
 from rlhf.models.loading import load_tokenizer
 from rlhf.workers.critic import CriticTrainer
+from rlhf.workers.faults import FaultInjector
 from rlhf.workers.group import WorkerError, WorkerGroup
 from rlhf.workers.policy import PolicyTrainer
 from rlhf.workers.reference import ReferenceWorker
@@ -48,7 +49,7 @@ class PPORoles:
         return [g for g in (self.policy, self.reference, self.reward, self.critic, self.rollout) if g is not None]
 
 
-def _group(cfg: RLHFConfig, pools: dict[str, Pool], role: str, actor_cls, num: int, *args) -> WorkerGroup:
+def _group(cfg: RLHFConfig, pools: dict[str, Pool], faults: FaultInjector, role: str, actor_cls, num: int, *args) -> WorkerGroup:
     return WorkerGroup(
         actor_cls,
         role=role,
@@ -56,19 +57,21 @@ def _group(cfg: RLHFConfig, pools: dict[str, Pool], role: str, actor_cls, num: i
         actor_options=[actor_options(pools, role, i) for i in range(num)],
         init_args=args,
         call_timeout_s=cfg.resources.call_timeout_s,
+        startup_timeout_s=cfg.resources.startup_timeout_s,
+        faults=faults,
     )
 
 
-def start_roles(cfg: RLHFConfig, pools: dict[str, Pool]) -> PPORoles:
+def start_roles(cfg: RLHFConfig, pools: dict[str, Pool], faults: FaultInjector) -> PPORoles:
     """Create every role's actors, wait until all have loaded, and form the trainers' process groups."""
     res = cfg.resources
     critic_path = cfg.model.critic or cfg.model.reward
     roles = PPORoles(
-        policy=_group(cfg, pools, "policy", PolicyTrainer, res.policy.num_actors, cfg),
-        reference=None if cfg.model.reference_from_base else _group(cfg, pools, "reference", ReferenceWorker, res.reference.num_actors, cfg),
-        reward=_group(cfg, pools, "reward", RewardWorker, res.reward.num_actors, cfg),
-        critic=_group(cfg, pools, "critic", CriticTrainer, res.critic.num_actors, cfg, critic_path),
-        rollout=_group(cfg, pools, "rollout", RolloutEngine, cfg.rollout.num_engines, cfg, cfg.model.policy),
+        policy=_group(cfg, pools, faults, "policy", PolicyTrainer, res.policy.num_actors, cfg),
+        reference=None if cfg.model.reference_from_base else _group(cfg, pools, faults, "reference", ReferenceWorker, res.reference.num_actors, cfg),
+        reward=_group(cfg, pools, faults, "reward", RewardWorker, res.reward.num_actors, cfg),
+        critic=_group(cfg, pools, faults, "critic", CriticTrainer, res.critic.num_actors, cfg, critic_path),
+        rollout=_group(cfg, pools, faults, "rollout", RolloutEngine, cfg.rollout.num_engines, cfg, cfg.model.policy),
     )
     roles.policy.setup_distributed()
     roles.critic.setup_distributed()
@@ -95,6 +98,7 @@ class PPODriver:
         self.pools: dict[str, Pool] = {}
         self.roles: PPORoles | None = None
         self.last_checkpoint: Path | None = None
+        self.faults = FaultInjector(cfg.debug.fail_at)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> dict:
@@ -105,7 +109,7 @@ class PPODriver:
         self.pools = prepare_placement(cfg)
         metrics = None
         try:
-            self.roles = start_roles(cfg, self.pools)
+            self.roles = start_roles(cfg, self.pools, self.faults)
             self._write_placement(out)
             self._maybe_resume()
             metrics = MetricsLogger(cfg, self.ppo.num_steps, self.step)
@@ -113,13 +117,14 @@ class PPODriver:
             first_step = self.step
             while self.step < self.ppo.num_steps:
                 self.step += 1
+                self.faults.step = self.step
                 try:
                     row = self.train_step()
+                    metrics.log(self.step, row, PROGRESS_KEYS)
+                    if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
+                        self.save_checkpoint()
                 except WorkerError as err:
                     raise type(err)(f"step {self.step}: {err}") from err
-                metrics.log(self.step, row, PROGRESS_KEYS)
-                if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
-                    self.save_checkpoint()
             if self.step > first_step and (self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:06d}")):
                 self.save_checkpoint()
             # all ranks: ZeRO-3 gathers the weights on every rank, rank 0 writes them
@@ -140,6 +145,7 @@ class PPODriver:
     # -- one PPO step --------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         ppo, cfg = self.ppo, self.cfg
+        self.faults.driver_point("train_step")
         t_step = time.time()
         indices = next(self.sampler)
         examples = [self.prompts[i] for i in indices]
@@ -296,6 +302,7 @@ class PPODriver:
         )
         self.last_checkpoint = pending.commit()
         log.info("checkpoint saved: %s", self.last_checkpoint)
+        self.faults.driver_point("save_checkpoint")
         return self.last_checkpoint
 
     def _maybe_resume(self) -> None:

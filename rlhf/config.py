@@ -176,6 +176,9 @@ class ResourcesConfig(Section):
     )
     placement_timeout_s: float = Field(60.0, gt=0, description="Give up if placement groups are not ready in this time.")
     call_timeout_s: float = Field(600.0, gt=0, description="Timeout for every remote call; the error names the role.")
+    startup_timeout_s: Optional[float] = Field(
+        None, gt=0, description="Timeout for actors to start (load models, form process groups); null = call_timeout_s."
+    )
     ray_address: Optional[str] = Field(None, description="Ray address; default: RAY_ADDRESS or the job's cluster, else a local one.")
 
 
@@ -215,6 +218,34 @@ class CheckpointConfig(Section):
     resume: str = Field("auto", description="'auto' = newest complete checkpoint if any, 'never', or a checkpoint path.")
 
 
+DRIVER_FAULT_METHODS = ("train_step", "save_checkpoint")
+
+
+class FailAtConfig(Section):
+    role: Literal["driver", "policy", "reference", "reward", "critic", "rollout"] = Field(
+        ..., description="Who fails: a role's actor, or the driver process itself."
+    )
+    step: int = Field(..., ge=1, description="The training step during which the fault happens.")
+    method: Optional[str] = Field(
+        None,
+        description="The driver-called method that fails (e.g. values, ppo_step, generate, load_weights); null = the "
+        "role's first call in that step. Role driver: train_step (start of the step) or save_checkpoint (right after "
+        "that step's checkpoint is complete).",
+    )
+    mode: Literal["raise", "exit", "hang", "sigterm"] = Field(
+        "raise",
+        description="raise: an exception inside the actor; exit: the process ends at once (os._exit(1)); hang: the call "
+        "blocks past resources.call_timeout_s; sigterm (driver only): the driver is sent SIGTERM, as by a preemption.",
+    )
+    actor: int = Field(0, ge=0, description="Which actor of the role (data-parallel rank or engine index).")
+
+
+class DebugConfig(Section):
+    fail_at: Optional[FailAtConfig] = Field(
+        None, description="Deterministic fault injection for tests and drills: make one actor or the driver fail at an exact step."
+    )
+
+
 class RLHFConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Models.")
     data: DataConfig = Field(default_factory=DataConfig, description="Datasets.")
@@ -224,6 +255,7 @@ class RLHFConfig(Section):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Optimisation.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics and outputs.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints and resume.")
+    debug: DebugConfig = Field(default_factory=DebugConfig, description="Fault injection (tests, drills).")
     tiny_assets: Optional[str] = Field(
         None, description="CPU demos/tests: build the tiny models and datasets into this dir first if missing."
     )
@@ -255,6 +287,28 @@ def _check_consistency(cfg: RLHFConfig) -> None:
                 raise ValueError(f"resources.colocate: unknown role {role!r}{_suggest(role, ROLES)}; roles are {', '.join(ROLES)}")
     if cfg.rollout.top_k == 0 or cfg.rollout.top_k < -1:
         raise ValueError("rollout.top_k: must be -1 (off) or >= 1")
+    if cfg.debug.fail_at is not None:
+        _check_fail_at(cfg)
+
+
+def _check_fail_at(cfg: RLHFConfig) -> None:
+    fail = cfg.debug.fail_at
+    if fail.role == "driver":
+        if fail.mode == "hang":
+            raise ValueError("debug.fail_at.mode: the driver cannot hang (nothing would time it out); use raise, exit or sigterm")
+        if fail.actor != 0:
+            raise ValueError("debug.fail_at.actor: the driver is one process; actor must be 0")
+        if fail.method is not None and fail.method not in DRIVER_FAULT_METHODS:
+            raise ValueError(
+                f"debug.fail_at.method: driver points are {', '.join(DRIVER_FAULT_METHODS)}, not {fail.method!r}"
+                f"{_suggest(fail.method, DRIVER_FAULT_METHODS)}"
+            )
+        return
+    if fail.mode == "sigterm":
+        raise ValueError("debug.fail_at.mode: sigterm applies to role driver only")
+    num = cfg.rollout.num_engines if fail.role == "rollout" else getattr(cfg.resources, fail.role).num_actors
+    if fail.actor >= num:
+        raise ValueError(f"debug.fail_at.actor: {fail.role} has {num} actor(s), so actor must be < {num}, got {fail.actor}")
 
 
 def _suggest(word: str, options) -> str:

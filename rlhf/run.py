@@ -58,10 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.data.errors import DataError
     from rlhf.drivers.checkpoint import CheckpointError
     from rlhf.drivers.cluster import ResourceError
+    from rlhf.workers.faults import InjectedFault
     from rlhf.workers.group import WorkerError
 
     try:
         run(cfg)
+    except ConfigError as err:  # found once the roles exist, e.g. a debug.fail_at method no role has
+        print(f"config error: {args.config}: {err}", file=sys.stderr)
+        return 2
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 2
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except ResourceError as err:
         print(f"resource error: {err}", file=sys.stderr)
         return 3
-    except WorkerError as err:
+    except (WorkerError, InjectedFault) as err:
         print(f"run failed: {err}", file=sys.stderr)
         return 1
     return 0

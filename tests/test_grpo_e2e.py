@@ -8,6 +8,7 @@ import pytest
 from rlhf.drivers.checkpoint import read_driver_state
 from rlhf.drivers.metrics import read_metrics
 from rlhf.run import resolve_config, run
+from rlhf.workers.faults import InjectedFault
 
 pytestmark = pytest.mark.slow
 
@@ -50,16 +51,20 @@ def test_grpo_learns_without_critic_or_reference(ray_session, tiny_assets_dir, t
 def test_grpo_with_dynamic_sampling_resumes_like_an_uninterrupted_run(ray_session, tiny_assets_dir, tmp_path):
     # KL in the reward with an adaptive coefficient and DAPO dynamic sampling: the resumed run must restore
     # the KL controller and the sampler's position after extra sampling rounds.
-    common = ["checkpoint.interval=2", "algorithm.ppo.eval_interval=0", "algorithm.ppo.kl_coef=0.05",
+    common = ["algorithm.ppo.num_steps=4", "checkpoint.interval=2", "algorithm.ppo.eval_interval=0", "algorithm.ppo.kl_coef=0.05",
               "algorithm.ppo.kl_controller=adaptive", "algorithm.ppo.kl_target=0.5", "algorithm.ppo.kl_horizon=200",
               "algorithm.ppo.dynamic_sampling=true", "algorithm.ppo.overlong_buffer=2",
               "model.reward_fn=rlhf.tasks.arithmetic:is_correct"]  # 0/1: most early groups are all 0
     straight = tmp_path / "straight"
-    run(resolve_config(TINY, tiny_overrides(tiny_assets_dir, straight, "algorithm.ppo.num_steps=4", *common)))
+    run(resolve_config(TINY, tiny_overrides(tiny_assets_dir, straight, *common)))
+    # The same run, stopped by an injected driver fault right after its step-2 checkpoint, then resumed.
     split = tmp_path / "split"
-    run(resolve_config(TINY, tiny_overrides(tiny_assets_dir, split, "algorithm.ppo.num_steps=2", *common)))
+    stop = ["debug.fail_at.role=driver", "debug.fail_at.step=2", "debug.fail_at.method=save_checkpoint", "debug.fail_at.mode=raise"]
+    with pytest.raises(InjectedFault):
+        run(resolve_config(TINY, tiny_overrides(tiny_assets_dir, split, *common, *stop)))
+    assert [r["step"] for r in read_metrics(split / "metrics.jsonl")] == [1, 2]
     assert read_driver_state(split / "checkpoints" / "step_000002")["step"] == 2
-    run(resolve_config(TINY, tiny_overrides(tiny_assets_dir, split, "algorithm.ppo.num_steps=4", *common)))
+    run(resolve_config(TINY, tiny_overrides(tiny_assets_dir, split, *common)))
 
     expected = {r["step"]: r for r in read_metrics(straight / "metrics.jsonl")}
     resumed = {r["step"]: r for r in read_metrics(split / "metrics.jsonl")}

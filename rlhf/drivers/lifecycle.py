@@ -10,7 +10,8 @@ A run, step by step (`Driver.run`):
    DeepSpeed state, the data sampler's position, the step, and the algorithm's own driver state
    (`load_extra_state`), then `after_resume` (e.g. push the restored weights to the rollout engines).
 4. `before_training`; an eval before the first step when `eval_at_start`.
-5. Steps until `total_steps`: `step_once` (the algorithm's step) returns the step's metrics; eval
+5. Steps until `total_steps` (debug.fail_at's driver points: the start of a step, after a checkpoint):
+   `step_once` (the algorithm's step) returns the step's metrics; eval
    rows join when `eval_due`; one metrics row per step (`MetricsLogger`); a checkpoint every
    checkpoint.interval steps and after the last one.
 6. Every trained role's final weights in Hugging Face format in <output_dir>/<model dir>, a summary
@@ -34,24 +35,10 @@ from rlhf.data.datasets import EpochSampler
 from rlhf.drivers.checkpoint import PendingCheckpoint, read_driver_state, resolve_resume, step_dirname
 from rlhf.drivers.cluster import Pool, actor_options, prepare_placement, release, write_placement
 from rlhf.drivers.metrics import MetricsLogger
+from rlhf.workers.faults import FaultInjector
 from rlhf.workers.group import WorkerError, WorkerGroup
 
 log = logging.getLogger(__name__)
-
-
-def start_group(cfg: RLHFConfig, pools: dict[str, Pool], actor_cls, *init_args, role: str, pool: str | None = None,
-                num_actors: int | None = None) -> WorkerGroup:
-    """The actors of ``role``, one per bundle of the pool planned for ``pool`` (a config role name; default ``role``)."""
-    pool = pool or role
-    num = num_actors if num_actors is not None else getattr(cfg.resources, pool).num_actors
-    return WorkerGroup(
-        actor_cls,
-        role=role,
-        num_actors=num,
-        actor_options=[actor_options(pools, pool, i) for i in range(num)],
-        init_args=init_args,
-        call_timeout_s=cfg.resources.call_timeout_s,
-    )
 
 
 class Driver:
@@ -69,6 +56,7 @@ class Driver:
         self.pools: dict[str, Pool] = {}
         self.groups: dict[str, WorkerGroup] = {}
         self.last_checkpoint: Path | None = None
+        self.faults = FaultInjector(cfg.debug.fail_at)
 
     # -- what an algorithm supplies ----------------------------------------------------------------
     def create_roles(self) -> dict[str, WorkerGroup]:
@@ -131,15 +119,17 @@ class Driver:
                 metrics.log(0, self._evaluate(), advance=False)
             while self.step < self.total_steps:
                 self.step += 1
+                self.faults.step = self.step
+                self.faults.driver_point("train_step")
                 try:
                     row = self.step_once()
+                    if self.eval_due():
+                        row.update(self._evaluate())
+                    metrics.log(self.step, row, self.progress_keys)
+                    if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
+                        self.save_checkpoint()
                 except WorkerError as err:
                     raise type(err)(f"step {self.step}: {err}") from err
-                if self.eval_due():
-                    row.update(self._evaluate())
-                metrics.log(self.step, row, self.progress_keys)
-                if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
-                    self.save_checkpoint()
             if self.step > first_step and not self._checkpoint_is_current():
                 self.save_checkpoint()
             for role, model_dir in self.trained.items():
@@ -174,6 +164,22 @@ class Driver:
         if group is not None:
             group.kill()
 
+    def start_group(self, actor_cls, *init_args, role: str, pool: str | None = None, num_actors: int | None = None) -> WorkerGroup:
+        """The actors of ``role``, one per bundle of the pool planned for ``pool`` (a config role name; default ``role``)."""
+        cfg = self.cfg
+        pool = pool or role
+        num = num_actors if num_actors is not None else getattr(cfg.resources, pool).num_actors
+        return WorkerGroup(
+            actor_cls,
+            role=role,
+            num_actors=num,
+            actor_options=[actor_options(self.pools, pool, i) for i in range(num)],
+            init_args=init_args,
+            call_timeout_s=cfg.resources.call_timeout_s,
+            startup_timeout_s=cfg.resources.startup_timeout_s,
+            faults=self.faults,
+        )
+
     def _evaluate(self) -> dict[str, float]:
         try:
             return self.evaluate()
@@ -201,6 +207,7 @@ class Driver:
         )
         self.last_checkpoint = pending.commit()
         log.info("checkpoint saved: %s", self.last_checkpoint)
+        self.faults.driver_point("save_checkpoint")
         return self.last_checkpoint
 
     def _maybe_resume(self) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from rlhf.config import RLHFConfig
 from rlhf.data.datasets import EpochSampler, TokenizedDataset
 from rlhf.data.errors import DataError
-from rlhf.drivers.lifecycle import Driver, start_group
+from rlhf.drivers.lifecycle import Driver
 from rlhf.models.loading import load_tokenizer
 from rlhf.workers.group import WorkerGroup
 
@@ -83,7 +83,7 @@ class OfflineDriver(Driver):
         """{role: group}; must include ``trainer_role``. Default: the policy trainer in the policy pool."""
         from rlhf.workers.policy import PolicyTrainer
 
-        return {"policy": start_group(self.cfg, self.pools, PolicyTrainer, self.cfg, self.total_steps, role="policy")}
+        return {"policy": self.start_group(PolicyTrainer, self.cfg, self.total_steps, role="policy")}
 
     def train_step(self, indices: list[int]) -> dict[str, float]:
         """One optimizer step on the training examples at ``indices``; the step's metrics."""

@@ -36,7 +36,7 @@ from rlhf.config import RLHFConfig
 from rlhf.data.batch_ops import concat_rollouts, index_batch
 from rlhf.data.datasets import EpochSampler, load_prompt_dataset
 from rlhf.drivers.cluster import active_roles
-from rlhf.drivers.lifecycle import Driver, start_group
+from rlhf.drivers.lifecycle import Driver
 from rlhf.models.loading import load_tokenizer
 from rlhf.registry import get_algorithm, needs_reference
 from rlhf.workers.critic import CriticTrainer
@@ -80,7 +80,7 @@ class OnlineDriver(Driver):
             "rollout": (RolloutEngine, (cfg, cfg.model.policy)),
         }
         num = {"rollout": cfg.rollout.num_engines}
-        return {role: start_group(cfg, self.pools, actors[role][0], *actors[role][1], role=role, num_actors=num.get(role))
+        return {role: self.start_group(actors[role][0], *actors[role][1], role=role, num_actors=num.get(role))
                 for role in active_roles(cfg)}
 
     @property

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_ppo_e2e import tiny_overrides  # model.critic is set there too; GRPO starts no critic
 
 from rlhf.drivers.checkpoint import read_driver_state
 from rlhf.drivers.metrics import read_metrics
@@ -14,20 +15,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny" / "grpo.yaml")
-
-
-def tiny_overrides(assets: str, out: Path, *extra: str) -> list[str]:
-    root = Path(assets)
-    return [
-        f"tiny_assets={root}",
-        f"model.policy={root / 'policy'}",
-        f"data.train={root / 'data' / 'prompts_train.jsonl'}",
-        f"data.eval={root / 'data' / 'prompts_eval.jsonl'}",
-        f"logging.output_dir={out}",
-        "logging.wandb.mode=disabled",
-        "logging.progress_bar=false",
-        *extra,
-    ]
 
 
 def test_grpo_learns_without_critic_or_reference(ray_session, tiny_assets_dir, tmp_path):

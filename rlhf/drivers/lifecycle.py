@@ -60,7 +60,7 @@ class Driver:
 
     # -- what an algorithm supplies ----------------------------------------------------------------
     def create_roles(self) -> dict[str, WorkerGroup]:
-        """{role: group} of every actor the algorithm uses (the pools are in ``self.pools``)."""
+        """{role: group} of every actor the algorithm uses, each started with `start_group`."""
         raise NotImplementedError
 
     @property

@@ -110,9 +110,6 @@ class OnlineDriver(Driver):
 
     # -- one step -------------------------------------------------------------------------------------
     def step_once(self) -> dict[str, float]:
-        return self.train_step()
-
-    def train_step(self) -> dict[str, float]:
         ppo, cfg = self.ppo, self.cfg
         t_step = time.time()
 
@@ -135,7 +132,10 @@ class OnlineDriver(Driver):
             kl_coef=self.kl_ctl.value, kl_estimator=ppo.kl_estimator,
             gamma=ppo.gamma, lam=ppo.lam, whiten_advantages=ppo.whiten_advantages,
         )
-        train_batch = {**{k: batch[k] for k in MODEL_KEYS}, "old_logprobs": old_logprobs, "advantages": targets["advantages"]}
+        train_batch = {**{k: batch[k] for k in MODEL_KEYS}, "old_logprobs": old_logprobs, "advantages": targets["advantages"],
+                       "rollout_logprobs": batch["rollout_logprobs"]}  # the policy loss's rollout-mismatch correction
+        if ref_logprobs is not None:
+            train_batch["ref_logprobs"] = ref_logprobs  # a KL loss term
         if self.critic is not None:
             train_batch.update(old_values=values, returns=targets["returns"])
 

@@ -289,6 +289,10 @@ def _check_consistency(cfg: RLHFConfig) -> None:
         raise ValueError("rollout.top_k: must be -1 (off) or >= 1")
     if cfg.debug.fail_at is not None:
         _check_fail_at(cfg)
+        roles = get_algorithm(cfg.algorithm.name).roles(cfg)
+        if cfg.debug.fail_at.role not in ("driver", *roles):
+            raise ValueError(f"debug.fail_at.role: {cfg.algorithm.name} starts no {cfg.debug.fail_at.role} actor here "
+                             f"(its roles: {', '.join(roles)})")
 
 
 def _check_fail_at(cfg: RLHFConfig) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlhf.registry import ALGORITHM_NAMES, get_algorithm
 from rlhf.tiny import FAMILIES as TINY_FAMILIES
 
 ROLES = ("policy", "reference", "reward", "critic", "rollout")
@@ -93,11 +94,28 @@ class PPOConfig(Section):
     kl_controller: Literal["fixed", "adaptive"] = Field("fixed", description="Keep kl_coef fixed or adapt it (Ziegler et al. 2019).")
     kl_target: float = Field(6.0, gt=0, description="Adaptive controller: target KL per sequence.")
     kl_horizon: int = Field(10000, ge=1, description="Adaptive controller: horizon in samples.")
-    whiten_advantages: bool = Field(True, description="Normalise advantages to zero mean, unit variance per batch.")
+    whiten_advantages: bool = Field(True, description="GAE (ppo) only: normalise advantages to zero mean, unit variance per batch.")
     normalize_reward: bool = Field(False, description="Scale scores by a running std before shaping.")
     reward_clip: Optional[float] = Field(None, gt=0, description="Clip scores to [-reward_clip, reward_clip].")
     missing_eos_penalty: Optional[float] = Field(None, description="Subtract this from the score of responses that never emitted EOS.")
     eval_interval: int = Field(0, ge=0, description="Score the eval prompts every N steps (0 = never).")
+    log_kl: bool = Field(
+        True, description="Measure KL(policy || reference) every step even when kl_coef is 0; false (with kl_coef 0 and a "
+        "fixed controller) starts no reference role."
+    )
+    dynamic_sampling: bool = Field(
+        False, description="DAPO dynamic sampling: drop groups whose rewards are all equal, sample more prompts until "
+        "rollout_batch_size groups remain."
+    )
+    dynamic_sampling_max_rounds: int = Field(
+        4, ge=1, description="Dynamic sampling: at most this many generation rounds per step; a batch still short "
+        "is filled with dropped groups (which carry no advantage)."
+    )
+    overlong_buffer: Optional[int] = Field(
+        None, ge=1, description="DAPO overlong soft penalty: the last N tokens before rollout.max_new_tokens are "
+        "penalised linearly, down to -overlong_penalty at the limit (null = off)."
+    )
+    overlong_penalty: float = Field(1.0, ge=0, description="Overlong soft penalty at max_new_tokens (DAPO: 1.0).")
 
 
 class DPOConfig(Section):
@@ -115,8 +133,10 @@ class RMConfig(Section):
 
 
 class AlgorithmConfig(Section):
-    name: Literal["ppo", "dpo", "sft", "rm"] = Field("ppo", description="Which training loop to run.")
-    ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO hyperparameters.")
+    name: Literal[ALGORITHM_NAMES] = Field("ppo", description="Which algorithm to run (`rlhf.registry.ALGORITHMS`).")
+    ppo: PPOConfig = Field(
+        default_factory=PPOConfig, description="Online RL hyperparameters (ppo, grpo, dr_grpo, rloo, reinforce_pp, ...)."
+    )
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO hyperparameters.")
     rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model training hyperparameters.")
 
@@ -159,6 +179,9 @@ class ResourcesConfig(Section):
     )
     placement_timeout_s: float = Field(60.0, gt=0, description="Give up if placement groups are not ready in this time.")
     call_timeout_s: float = Field(600.0, gt=0, description="Timeout for every remote call; the error names the role.")
+    startup_timeout_s: Optional[float] = Field(
+        None, gt=0, description="Timeout for actors to start (load models, form process groups); null = call_timeout_s."
+    )
     ray_address: Optional[str] = Field(None, description="Ray address; default: RAY_ADDRESS or the job's cluster, else a local one.")
 
 
@@ -198,6 +221,34 @@ class CheckpointConfig(Section):
     resume: str = Field("auto", description="'auto' = newest complete checkpoint if any, 'never', or a checkpoint path.")
 
 
+DRIVER_FAULT_METHODS = ("train_step", "save_checkpoint")
+
+
+class FailAtConfig(Section):
+    role: Literal["driver", "policy", "reference", "reward", "critic", "rollout"] = Field(
+        ..., description="Who fails: a role's actor, or the driver process itself."
+    )
+    step: int = Field(..., ge=1, description="The training step during which the fault happens.")
+    method: Optional[str] = Field(
+        None,
+        description="The driver-called method that fails (e.g. values, ppo_step, generate, load_weights); null = the "
+        "role's first call in that step. Role driver: train_step (start of the step) or save_checkpoint (right after "
+        "that step's checkpoint is complete).",
+    )
+    mode: Literal["raise", "exit", "hang", "sigterm"] = Field(
+        "raise",
+        description="raise: an exception inside the actor; exit: the process ends at once (os._exit(1)); hang: the call "
+        "blocks past resources.call_timeout_s; sigterm (driver only): the driver is sent SIGTERM, as by a preemption.",
+    )
+    actor: int = Field(0, ge=0, description="Which actor of the role (data-parallel rank or engine index).")
+
+
+class DebugConfig(Section):
+    fail_at: Optional[FailAtConfig] = Field(
+        None, description="Deterministic fault injection for tests and drills: make one actor or the driver fail at an exact step."
+    )
+
+
 class RLHFConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Models.")
     data: DataConfig = Field(default_factory=DataConfig, description="Datasets.")
@@ -207,6 +258,7 @@ class RLHFConfig(Section):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Optimisation.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics and outputs.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints and resume.")
+    debug: DebugConfig = Field(default_factory=DebugConfig, description="Fault injection (tests, drills).")
     tiny_assets: Optional[str] = Field(
         None, description="CPU demos/tests: build the tiny models and datasets into this dir first if missing."
     )
@@ -226,44 +278,11 @@ class RLHFConfig(Section):
 
 def _check_consistency(cfg: RLHFConfig) -> None:
     """Cross-field rules; raises ValueError('key: reason') so the loader can prefix the file."""
-    algo = cfg.algorithm.name
     if not cfg.model.policy:
         raise ValueError("model.policy: required")
     if not cfg.data.train:
         raise ValueError("data.train: required")
-    micro, n_policy = cfg.trainer.micro_batch_size, cfg.resources.policy.num_actors
-    if algo == "ppo":
-        ppo = cfg.algorithm.ppo
-        if not (cfg.model.reward or cfg.model.reward_fn):
-            raise ValueError("model.reward: PPO needs model.reward or model.reward_fn")
-        if cfg.model.reward and cfg.model.reward_fn:
-            raise ValueError("model.reward_fn: set model.reward or model.reward_fn, not both")
-        if not (cfg.model.critic or cfg.model.reward):
-            raise ValueError("model.critic: PPO needs a critic model (model.critic, or model.reward to start from)")
-        samples = ppo.rollout_batch_size * ppo.samples_per_prompt
-        if samples % ppo.mini_batch_size:
-            raise ValueError(
-                f"algorithm.ppo.mini_batch_size: rollout_batch_size*samples_per_prompt={samples} "
-                f"is not a multiple of mini_batch_size={ppo.mini_batch_size}"
-            )
-        for role in ("policy", "critic"):
-            n = getattr(cfg.resources, role).num_actors
-            if ppo.mini_batch_size % (micro * n):
-                raise ValueError(
-                    f"algorithm.ppo.mini_batch_size: {ppo.mini_batch_size} is not a multiple of "
-                    f"trainer.micro_batch_size*resources.{role}.num_actors={micro * n}"
-                )
-    else:
-        if cfg.trainer.train_batch_size % (micro * n_policy):
-            raise ValueError(
-                f"trainer.train_batch_size: {cfg.trainer.train_batch_size} is not a multiple of "
-                f"trainer.micro_batch_size*resources.policy.num_actors={micro * n_policy}"
-            )
-    dpo = cfg.algorithm.dpo
-    if algo == "dpo" and dpo.label_smoothing and dpo.loss_type not in ("sigmoid", "robust"):
-        raise ValueError(f"algorithm.dpo.label_smoothing: applies only to loss_type sigmoid and robust, not {dpo.loss_type!r}")
-    if algo == "rm" and cfg.model.lora.enabled:
-        raise ValueError("model.lora: reward-model training (algorithm.name=rm) trains all weights; set model.lora.enabled=false")
+    get_algorithm(cfg.algorithm.name).check(cfg)
     if cfg.model.reference_from_base and not cfg.model.lora.enabled:
         raise ValueError("model.reference_from_base: needs model.lora.enabled=true")
     if cfg.model.reward_fn and not re.match(r"^[\w.]+:\w+$", cfg.model.reward_fn):
@@ -274,6 +293,32 @@ def _check_consistency(cfg: RLHFConfig) -> None:
                 raise ValueError(f"resources.colocate: unknown role {role!r}{_suggest(role, ROLES)}; roles are {', '.join(ROLES)}")
     if cfg.rollout.top_k == 0 or cfg.rollout.top_k < -1:
         raise ValueError("rollout.top_k: must be -1 (off) or >= 1")
+    if cfg.debug.fail_at is not None:
+        _check_fail_at(cfg)
+        roles = get_algorithm(cfg.algorithm.name).roles(cfg)
+        if cfg.debug.fail_at.role not in ("driver", *roles):
+            raise ValueError(f"debug.fail_at.role: {cfg.algorithm.name} starts no {cfg.debug.fail_at.role} actor here "
+                             f"(its roles: {', '.join(roles)})")
+
+
+def _check_fail_at(cfg: RLHFConfig) -> None:
+    fail = cfg.debug.fail_at
+    if fail.role == "driver":
+        if fail.mode == "hang":
+            raise ValueError("debug.fail_at.mode: the driver cannot hang (nothing would time it out); use raise, exit or sigterm")
+        if fail.actor != 0:
+            raise ValueError("debug.fail_at.actor: the driver is one process; actor must be 0")
+        if fail.method is not None and fail.method not in DRIVER_FAULT_METHODS:
+            raise ValueError(
+                f"debug.fail_at.method: driver points are {', '.join(DRIVER_FAULT_METHODS)}, not {fail.method!r}"
+                f"{_suggest(fail.method, DRIVER_FAULT_METHODS)}"
+            )
+        return
+    if fail.mode == "sigterm":
+        raise ValueError("debug.fail_at.mode: sigterm applies to role driver only")
+    num = cfg.rollout.num_engines if fail.role == "rollout" else getattr(cfg.resources, fail.role).num_actors
+    if fail.actor >= num:
+        raise ValueError(f"debug.fail_at.actor: {fail.role} has {num} actor(s), so actor must be < {num}, got {fail.actor}")
 
 
 def _suggest(word: str, options) -> str:

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from rlhf.config import ConfigError, RLHFConfig, check_paths, load_config, to_yaml
+from rlhf.registry import get_algorithm
 
 log = logging.getLogger("rlhf")
 
@@ -34,27 +35,12 @@ def resolve_config(path: str, overrides: list[str]) -> RLHFConfig:
     return cfg
 
 
-def run(cfg: RLHFConfig):
-    """Connect to (or start) Ray and run the configured algorithm's driver."""
+def run(cfg: RLHFConfig) -> dict:
+    """Connect to (or start) Ray and run the configured algorithm's driver (its `rlhf.registry` entry)."""
     from rlhf.drivers.cluster import connect_ray
 
     connect_ray(cfg)
-    name = cfg.algorithm.name
-    if name == "ppo":
-        from rlhf.drivers.ppo import run_ppo
-
-        return run_ppo(cfg)
-    if name == "dpo":
-        from rlhf.drivers.dpo import run_dpo
-
-        return run_dpo(cfg)
-    if name == "sft":
-        from rlhf.drivers.sft import run_sft
-
-        return run_sft(cfg)
-    from rlhf.drivers.rm import run_rm
-
-    return run_rm(cfg)
+    return get_algorithm(cfg.algorithm.name).driver_class()(cfg).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,10 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.data.errors import DataError
     from rlhf.drivers.checkpoint import CheckpointError
     from rlhf.drivers.cluster import ResourceError
+    from rlhf.workers.faults import InjectedFault
     from rlhf.workers.group import WorkerError
 
     try:
         run(cfg)
+    except ConfigError as err:  # found once the roles exist, e.g. a debug.fail_at method no role has
+        print(f"config error: {args.config}: {err}", file=sys.stderr)
+        return 2
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 2
@@ -85,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except ResourceError as err:
         print(f"resource error: {err}", file=sys.stderr)
         return 3
-    except WorkerError as err:
+    except (WorkerError, InjectedFault) as err:
         print(f"run failed: {err}", file=sys.stderr)
         return 1
     return 0

@@ -135,11 +135,13 @@ class RolloutEngine:
         greedy: bool = False,
         seed: int | None = None,
         step: int = 0,
+        round_index: int = 0,
     ) -> dict:
         """Sample ``samples_per_prompt`` responses per prompt, prompt-major (prompt 0's samples first).
 
-        ``seed`` (trainer.seed) and ``step``: sample s of this call (prompt-major) is drawn with
-        `rlhf.algorithms.seeds.sampling_seed(seed, step, engine_index, s)`, so the same call gives
+        ``seed`` (trainer.seed), ``step`` and ``round_index`` (a dynamic-sampling round within the step):
+        sample s of this call (prompt-major) is drawn with
+        `rlhf.algorithms.seeds.sampling_seed(seed, step, engine_index, s, round_index)`, so the same call gives
         the same samples, and no two steps, engines or samples share a seed. vLLM then gets one
         request per sample (the repeated prompt hits its prefix cache); the transformers backend
         samples the whole batch from one generator seeded with sample 0's seed.
@@ -161,7 +163,7 @@ class RolloutEngine:
         # vLLM and transformers both refuse several greedy samples per prompt (they would be
         # identical), so greedy decoding gets each prompt repeated instead.
         # Seeded sampling gets one request per sample too, each with its own seed.
-        seeds = None if seed is None or greedy else sampling_seeds(seed, step, self.engine_index, len(prompts))
+        seeds = None if seed is None or greedy else sampling_seeds(seed, step, self.engine_index, len(prompts), round_index)
         engine_prompts, n = (prompts, 1) if greedy or seeds else (prompt_token_ids, samples_per_prompt)
         if self._backend == "vllm":
             responses, logprobs, finished = self._generate_vllm(engine_prompts, n, greedy, seeds)

@@ -28,6 +28,7 @@ from rlhf.config import RLHFConfig
 from rlhf.data.batch_ops import Batch, batch_size, split_batch
 from rlhf.models.loading import device_for, load_tokenizer
 from rlhf.models.saving import save_hf
+from rlhf.registry import get_algorithm
 from rlhf.workers.deepspeed_config import build_deepspeed_config, build_lr_scheduler
 from rlhf.workers.distributed import free_port, init_distributed, node_ip
 
@@ -117,18 +118,12 @@ class TrainerBase(RoleWorker):
         return self.cfg.trainer.learning_rate
 
     def _samples_per_step(self) -> int:
-        """Samples per optimizer step across all ranks."""
-        if self.cfg.algorithm.name == "ppo":
-            return self.cfg.algorithm.ppo.mini_batch_size
-        return self.cfg.trainer.train_batch_size
+        """Samples per optimizer step across all ranks (the algorithm's registry entry says)."""
+        return get_algorithm(self.cfg.algorithm.name).samples_per_optimizer_step(self.cfg)
 
     def _default_total_steps(self) -> int | None:
         """Optimizer steps in the whole run, for decaying lr schedules (None when unknown)."""
-        if self.cfg.algorithm.name == "ppo":
-            ppo = self.cfg.algorithm.ppo
-            per_rollout = ppo.rollout_batch_size * ppo.samples_per_prompt // ppo.mini_batch_size
-            return ppo.num_steps * ppo.ppo_epochs * per_rollout
-        return self.cfg.trainer.max_steps
+        return get_algorithm(self.cfg.algorithm.name).optimizer_steps(self.cfg)
 
     # -- distributed setup -----------------------------------------------------------------------
     def master_address(self) -> tuple[str, int]:

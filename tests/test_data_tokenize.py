@@ -82,7 +82,7 @@ def test_truncation_error(tiny_tokenizer):
 def test_truncation_left_keeps_the_prompt_end_and_the_response_start(tiny_tokenizer):
     cfg = DataConfig(truncation="left", max_prompt_len=4, max_response_len=2)
     out = tokenize_sft(SFTExample(USER_3_PLUS_4, "78"), tiny_tokenizer, cfg)
-    assert out.prompt_ids == [D4, EQ, EOS, ASSISTANT]
+    assert out.prompt_ids == [USER, EQ, EOS, ASSISTANT]  # the turn's header, then the newest tokens
     assert out.response_ids == [D7, D8]  # cut: no EOS
     assert out.loss_mask == [0, 0, 0, 0, 1, 1]
 
@@ -153,7 +153,7 @@ class MergingTokenizer:
             i += len(token)
         return {"input_ids": ids}
 
-    def decode(self, ids):
+    def decode(self, ids, **kwargs):
         names = {v: k for k, v in self.vocab.items()}
         return "".join(names[i] for i in ids)
 

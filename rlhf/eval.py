@@ -37,7 +37,7 @@ from rlhf.config import DataConfig, RLHFConfig
 from rlhf.data.collate import collate_preference, collate_prompts, pairs_as_rows
 from rlhf.data.datasets import load_preference_dataset, load_prompt_dataset
 from rlhf.data.errors import DataError
-from rlhf.data.formats import PREFERENCE_FORMATS, detect_format
+from rlhf.data.formats import FORMATS, detect_format
 from rlhf.data.padding import build_sequence_batch
 from rlhf.data.readers import read_rows
 from rlhf.data.stop_tokens import stop_token_ids
@@ -68,7 +68,7 @@ def is_reward_model(model_dir: Path) -> bool:
 
 def is_preference_file(path: str) -> bool:
     for _, row in read_rows(path):
-        return detect_format(row) in PREFERENCE_FORMATS
+        return FORMATS[detect_format(row)].preference is not None
     raise DataError(path, None, "it has no rows")
 
 

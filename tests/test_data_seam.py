@@ -4,7 +4,7 @@ token per response, plain prompts without a stray EOS, left truncation that keep
 import pytest
 
 from rlhf.config import DataConfig
-from rlhf.data.formats import PromptExample, SFTExample
+from rlhf.data.examples import PromptExample, SFTExample
 from rlhf.data.stop_tokens import end_of_turn_id, stop_token_ids
 from rlhf.data.tokenize import tokenize_prompt, tokenize_sft
 

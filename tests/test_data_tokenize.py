@@ -4,7 +4,7 @@ import pytest
 
 from rlhf.config import DataConfig
 from rlhf.data.errors import DataError
-from rlhf.data.formats import PreferenceExample, PromptExample, SFTExample
+from rlhf.data.examples import PreferenceExample, PromptExample, SFTExample
 from rlhf.data.tokenize import check_tokenizer, tokenize_preference, tokenize_prompt, tokenize_sft
 from rlhf.tiny import build_tokenizer
 

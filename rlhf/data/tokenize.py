@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 from rlhf.config import DataConfig
 from rlhf.data.errors import DataError
-from rlhf.data.formats import Messages, PreferenceExample, PromptExample, SFTExample, plain_prompt
+from rlhf.data.examples import Messages, PreferenceExample, PromptExample, SFTExample, UnpairedExample, plain_prompt
 from rlhf.data.stop_tokens import end_of_turn_id, stop_token_ids
 
 
@@ -99,6 +99,21 @@ class TokenizedPreference:
         return [0] * len(self.prompt_ids) + [1] * len(self.rejected_ids)
 
 
+@dataclass(frozen=True)
+class TokenizedUnpaired:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    desirable: bool
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt_ids + self.completion_ids
+
+    @property
+    def loss_mask(self) -> list[int]:
+        return [0] * len(self.prompt_ids) + [1] * len(self.completion_ids)
+
+
 def tokenize_prompt(example: PromptExample, tokenizer, cfg: DataConfig) -> TokenizedPrompt:
     """Prompt ids (templated with the generation prompt, or plain), truncated per ``cfg``."""
     messages, (_, ids) = _prompt(example.prompt_messages, tokenizer, cfg)
@@ -122,6 +137,12 @@ def tokenize_preference(example: PreferenceExample, tokenizer, cfg: DataConfig) 
         _truncate_response(chosen, cfg, "chosen response"),
         _truncate_response(rejected, cfg, "rejected response"),
     )
+
+
+def tokenize_unpaired(example: UnpairedExample, tokenizer, cfg: DataConfig) -> TokenizedUnpaired:
+    """Prompt and completion ids (as `tokenize_sft`) with the example's desirable/undesirable label."""
+    sft = tokenize_sft(SFTExample(example.prompt_messages, example.completion), tokenizer, cfg)
+    return TokenizedUnpaired(sft.prompt_ids, sft.response_ids, example.desirable)
 
 
 def check_tokenizer(tokenizer, cfg: DataConfig) -> None:
@@ -178,8 +199,11 @@ def _render_conversation(messages: Messages, response: str, tokenizer, cfg: Data
 
 
 def _prompt(messages: Messages, tokenizer, cfg: DataConfig) -> tuple[Messages, tuple[str, list[int]]]:
-    """(prompt turns, (text, untruncated ids)). With left truncation the oldest turns are
-    dropped first (the system turns and the last user turn stay) until the prompt fits."""
+    """(prompt turns, (text, untruncated ids)), after ``data.system_prompt`` when there is no
+    system turn. With left truncation the oldest turns are dropped first (the system turns and
+    the last user turn stay) until the prompt fits."""
+    if cfg.system_prompt is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": cfg.system_prompt}] + messages
     rendered = _render_prompt(messages, tokenizer, cfg)
     while cfg.truncation == "left" and len(rendered[1]) > cfg.max_prompt_len:
         shorter = _without_oldest_turn(messages)

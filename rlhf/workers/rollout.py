@@ -33,6 +33,7 @@ import torch
 from rlhf.config import RLHFConfig
 from rlhf.data.padding import build_sequence_batch
 from rlhf.data.stop_tokens import stop_token_ids
+from rlhf.data.templates import use_chat_template
 from rlhf.weight_sync import SyncHandle, WeightTransport, make_transport
 
 # Dotted path vLLM imports in its worker (``worker_extension_cls``).
@@ -85,7 +86,7 @@ class RolloutEngine:
         self._backend = cfg.rollout.backend
         self._device = _resolve_device(cfg.resources.device)
         self._seed = cfg.trainer.seed + engine_index
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = use_chat_template(AutoTokenizer.from_pretrained(model_path), cfg.data.chat_template)
         # The stop set the training data ends its responses with (rlhf.data.stop_tokens).
         self.eos_ids = stop_token_ids(self.tokenizer, model_path, cfg.data.apply_chat_template)
         pad = self.tokenizer.pad_token_id

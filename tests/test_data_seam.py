@@ -8,31 +8,8 @@ from rlhf.data.examples import PromptExample, SFTExample
 from rlhf.data.stop_tokens import end_of_turn_id, stop_token_ids
 from rlhf.data.tokenize import tokenize_prompt, tokenize_sft
 
-INST_TEMPLATE = (  # Mistral-v0.1-style: [INST] and [/INST] are plain text there, not special tokens
-    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
-    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
-)
+from spm_tokenizer import INST_TEMPLATE, sentencepiece_tokenizer
 QUESTION = [{"role": "user", "content": "What is 3+4?"}]
-
-
-def metaspace_tokenizer(append_eos: bool = False):
-    """A SentencePiece-style (Metaspace, '▁' prepended at the start) BPE trained so that the
-    prompt's last piece and the answer merge: '[/INST]Sure!' is one token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
-    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!?.,+=[]/:'▁")
-    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet,
-                                  show_progress=False)
-    backend.train_from_iterator(["[INST] What is 3+4? [/INST]Sure! It is 7.", "[INST] Hi [/INST]Sure!"] * 50, trainer)
-    bos, eos = backend.token_to_id("<s>"), backend.token_to_id("</s>")
-    single = "<s> $A </s>" if append_eos else "<s> $A"
-    backend.post_processor = processors.TemplateProcessing(single=single, special_tokens=[("<s>", bos), ("</s>", eos)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   clean_up_tokenization_spaces=False, chat_template=INST_TEMPLATE)
 
 
 def decode(tokenizer, ids):
@@ -40,7 +17,7 @@ def decode(tokenizer, ids):
 
 
 def test_merged_seam_keeps_the_rendered_text():
-    tokenizer = metaspace_tokenizer()
+    tokenizer = sentencepiece_tokenizer()
     rendered = tokenizer.apply_chat_template(QUESTION + [{"role": "assistant", "content": "Sure!"}], tokenize=False)
     assert rendered == "<s>[INST] What is 3+4? [/INST]Sure!</s>"
     assert "▁[/INST]Sure!" in tokenizer.tokenize(rendered)  # the prompt's last piece merges with the answer
@@ -53,7 +30,7 @@ def test_merged_seam_keeps_the_rendered_text():
 
 
 def test_without_template_the_prompt_has_bos_but_no_eos():
-    tokenizer = metaspace_tokenizer(append_eos=True)
+    tokenizer = sentencepiece_tokenizer(append_eos=True)
     assert tokenizer("3+4")["input_ids"][-1] == tokenizer.eos_token_id  # this tokenizer appends EOS
     cfg = DataConfig(apply_chat_template=False)
     prompt = tokenize_prompt(PromptExample(QUESTION, "What is 3+4?"), tokenizer, cfg).prompt_ids
@@ -69,7 +46,7 @@ def test_without_template_the_prompt_has_bos_but_no_eos():
 def test_stop_set_adds_the_templates_end_of_turn_token():
     # A base tokenizer whose EOS is not the token the chat template ends a turn with (Llama-3 base
     # with the instruct template; ChatML on Qwen's base tokenizer).
-    tokenizer = metaspace_tokenizer()
+    tokenizer = sentencepiece_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|eot|>"]})
     tokenizer.chat_template = INST_TEMPLATE.replace("eos_token", "'<|eot|>'")
     eot = tokenizer.convert_tokens_to_ids("<|eot|>")
@@ -82,7 +59,7 @@ def test_stop_set_adds_the_templates_end_of_turn_token():
 
 def test_nothing_after_the_end_of_turn_token_is_trained_on():
     # The template writes a non-space token after its end of turn: cut there, one stop token.
-    tokenizer = metaspace_tokenizer()
+    tokenizer = sentencepiece_tokenizer()
     tokenizer.chat_template = INST_TEMPLATE.replace("eos_token }}", "eos_token + 'Hi' + eos_token }}")
     out = tokenize_sft(SFTExample(QUESTION, "Sure!"), tokenizer, DataConfig())
     assert tokenizer.convert_ids_to_tokens(out.response_ids) == ["Sure!", "</s>"]
@@ -99,7 +76,7 @@ CHAT = [
 
 
 def test_left_truncation_drops_the_oldest_turns_and_keeps_bos_and_system():
-    tokenizer = metaspace_tokenizer()
+    tokenizer = sentencepiece_tokenizer()
     tokenizer.chat_template = (
         "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ '[SYS] ' + m['content'] + ' [/SYS]' }}"
         "{% elif m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"

@@ -78,5 +78,6 @@ def end_of_turn_id(tokenizer) -> int | None:
         return None
     special = set(getattr(tokenizer, "all_special_ids", ()))
     special |= {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special}
+    special.discard(getattr(tokenizer, "unk_token_id", None))  # text the vocabulary lacks, not an end of turn
     after = tokenizer(text[end + len(_PROBE_CONTENT):], add_special_tokens=False)["input_ids"]
     return next((token for token in after if token in special), None)

@@ -38,8 +38,10 @@ def end_of_turn_text(tokenizer, name):
 
 @pytest.mark.parametrize("name", list(CHAT_TEMPLATES))
 @pytest.mark.parametrize("tokenizer_kind", ["sentencepiece", "char"])
-def test_named_templates_give_exact_tokens_and_one_stop_token(name, tokenizer_kind, tiny_tokenizer):
-    tokenizer = sentencepiece_tokenizer() if tokenizer_kind == "sentencepiece" else tiny_tokenizer
+def test_named_templates_give_exact_tokens_and_one_stop_token(name, tokenizer_kind):
+    from rlhf.tiny import build_tokenizer
+
+    tokenizer = sentencepiece_tokenizer() if tokenizer_kind == "sentencepiece" else build_tokenizer()
     use_chat_template(tokenizer, name)
     out = tokenize_sft(SFTExample(CHAT, ANSWER["content"]), tokenizer, DataConfig())
     decoded = tokenizer.decode(out.input_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

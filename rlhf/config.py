@@ -16,6 +16,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlhf.tiny import FAMILIES as TINY_FAMILIES
+
 ROLES = ("policy", "reference", "reward", "critic", "rollout")
 # data.chat_template values that are not paths (rlhf.data.templates.CHAT_TEMPLATES plus 'tokenizer').
 CHAT_TEMPLATE_NAMES = ("tokenizer", "chatml", "llama2", "zephyr")
@@ -226,6 +228,9 @@ class RLHFConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints and resume.")
     tiny_assets: Optional[str] = Field(
         None, description="CPU demos/tests: build the tiny models and datasets into this dir first if missing."
+    )
+    tiny_family: Literal[TINY_FAMILIES] = Field(
+        "char", description="Model family of the tiny_assets build (rlhf.tiny): char, llama3, qwen2 or mistral."
     )
 
     @model_validator(mode="after")

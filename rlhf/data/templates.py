@@ -10,7 +10,7 @@ name       a conversation [system, user, assistant] renders as
 chatml     ``<|im_start|>system\\nS<|im_end|>\\n<|im_start|>user\\nU<|im_end|>\\n``
            ``<|im_start|>assistant\\nA<|im_end|>\\n`` (generation prompt ``<|im_start|>assistant\\n``)
 llama2     ``<s>[INST] <<SYS>>\\nS\\n<</SYS>>\\n\\nU [/INST] A </s>`` (BOS and EOS are the
-           tokenizer's; no generation prompt: the prompt ends with ``[/INST]``)
+           tokenizer's, no BOS when it has none; no generation prompt: the prompt ends with ``[/INST]``)
 zephyr     ``<|system|>\\nS</s>\\n<|user|>\\nU</s>\\n<|assistant|>\\nA</s>\\n`` (``</s>`` is the
            tokenizer's EOS; generation prompt ``<|assistant|>\\n``)
 =========  =========================================================================================
@@ -32,6 +32,7 @@ CHAT_TEMPLATES = {
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     ),
     "llama2": (
+        "{% set bos = bos_token if bos_token is defined else '' %}"  # a tokenizer without BOS (Qwen) has none
         "{% if messages[0]['role'] == 'system' %}"
         "{% set system = '<<SYS>>\n' + messages[0]['content'] + '\n<</SYS>>\n\n' %}{% set turns = messages[1:] %}"
         "{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
@@ -39,7 +40,7 @@ CHAT_TEMPLATES = {
         "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
         "{{ raise_exception('llama2 template: turns must alternate user/assistant/user/...') }}{% endif %}"
         "{% if message['role'] == 'user' %}"
-        "{{ bos_token + '[INST] ' + (system if loop.first else '') + message['content'] | trim + ' [/INST]' }}"
+        "{{ bos + '[INST] ' + (system if loop.first else '') + message['content'] | trim + ' [/INST]' }}"
         "{% else %}{{ ' ' + message['content'] | trim + ' ' + eos_token }}{% endif %}"
         "{% endfor %}"
     ),

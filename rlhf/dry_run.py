@@ -30,7 +30,7 @@ from rlhf.models.loading import load_tokenizer
 # The data each algorithm trains on; every other algorithm (PPO and the online ones) reads prompts.
 LOADERS = {"sft": load_sft_dataset, "dpo": load_preference_dataset, "rm": load_preference_dataset, "kto": load_unpaired_dataset}
 # Response fields of each tokenized example type (prompt datasets have none).
-_RESPONSES = ("response_ids", "chosen_ids", "rejected_ids", "completion_ids")
+_RESPONSES = ("response_ids", "chosen_ids", "rejected_ids")
 _UNLIMITED = 10**9
 MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
 

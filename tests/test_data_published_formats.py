@@ -233,7 +233,7 @@ def test_unpaired_rows_load(tmp_path, tiny_tokenizer):
     data = load_unpaired_dataset(write_jsonl(tmp_path / "kto.jsonl", [row, {**row, "completion": "7", "label": True}]),
                                  tiny_tokenizer, DataConfig())
     assert [e.desirable for e in data] == [False, True]
-    assert tiny_tokenizer.decode(data[1].completion_ids) == "7</s>"
+    assert tiny_tokenizer.decode(data[1].response_ids) == "7</s>"
 
 
 def test_system_prompt_is_prepended_only_when_there_is_none(tmp_path, tiny_tokenizer):

@@ -33,12 +33,10 @@ class PromptExample:
     raw_prompt: str
 
 
-@dataclass(frozen=True)
-class SFTExample:
-    """A prompt and the target completion (the assistant response)."""
+class _PlainPrompt:
+    """``raw_prompt``: the prompt turns as text without a template (`plain_prompt`), for rule rewards."""
 
     prompt_messages: Messages
-    completion: str
 
     @property
     def raw_prompt(self) -> str:
@@ -46,29 +44,29 @@ class SFTExample:
 
 
 @dataclass(frozen=True)
-class PreferenceExample:
+class SFTExample(_PlainPrompt):
+    """A prompt and the target completion (the assistant response)."""
+
+    prompt_messages: Messages
+    completion: str
+
+
+@dataclass(frozen=True)
+class PreferenceExample(_PlainPrompt):
     """A prompt with a preferred (``chosen``) and a dispreferred (``rejected``) response."""
 
     prompt_messages: Messages
     chosen: str
     rejected: str
 
-    @property
-    def raw_prompt(self) -> str:
-        return plain_prompt(self.prompt_messages)
-
 
 @dataclass(frozen=True)
-class UnpairedExample:
+class UnpairedExample(_PlainPrompt):
     """A prompt and one completion labelled desirable (True) or undesirable (False), as KTO uses."""
 
     prompt_messages: Messages
     completion: str
     desirable: bool
-
-    @property
-    def raw_prompt(self) -> str:
-        return plain_prompt(self.prompt_messages)
 
 
 # ---- field readers ----------------------------------------------------------------------------

@@ -100,18 +100,10 @@ class TokenizedPreference:
 
 
 @dataclass(frozen=True)
-class TokenizedUnpaired:
-    prompt_ids: list[int]
-    completion_ids: list[int]
+class TokenizedUnpaired(TokenizedSFT):
+    """A `TokenizedSFT` labelled desirable or undesirable (KTO)."""
+
     desirable: bool
-
-    @property
-    def input_ids(self) -> list[int]:
-        return self.prompt_ids + self.completion_ids
-
-    @property
-    def loss_mask(self) -> list[int]:
-        return [0] * len(self.prompt_ids) + [1] * len(self.completion_ids)
 
 
 def tokenize_prompt(example: PromptExample, tokenizer, cfg: DataConfig) -> TokenizedPrompt:

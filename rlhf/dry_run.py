@@ -46,6 +46,8 @@ def dry_run(cfg: RLHFConfig, out: TextIO | None = None) -> None:
     for name, path, data_cfg in splits:
         try:
             data = loader(path, tokenizer, data_cfg)
+        except DataError:
+            raise
         except ValueError as e:  # the tokenizer cannot serve this data config (check_tokenizer)
             raise DataError(str(path), None, str(e)) from None
         # The same rows without length limits: the lengths before truncation.
@@ -69,7 +71,7 @@ def _report(data: TokenizedDataset, full: TokenizedDataset, data_cfg, tokenizer,
     _lengths("prompt", prompts, data_cfg.max_prompt_len, data_cfg, out)
     if responses:
         _lengths("response", responses, data_cfg.max_response_len, data_cfg, out)
-    print(f"  first example (the trained part between {MARK_OPEN} {MARK_CLOSE}):", file=out)
+    print(f"  first example (the trained part between {MARK_OPEN} {MARK_CLOSE}):" if responses else "  first example:", file=out)
     print("    " + render_example(data[0], tokenizer).replace("\n", "\n    "), file=out)
 
 

@@ -225,7 +225,7 @@ def test_dry_run_exits_2_on_bad_data(tmp_path, tiny_assets, capsys):
     train = write_jsonl(tmp_path / "train.jsonl", [{"system": "", "question": "What is 3+4?"}])
     code, out, err = dry_run(tmp_path, tiny_assets, capsys, {"train": str(train)}, "dpo")
     assert code == 2
-    assert "data error:" in err and "row 1: cannot detect the preference data format" in err and "data.columns" in err
+    assert f"data error: {train}: row 1: cannot detect the preference data format" in err and "data.columns" in err
 
 
 def test_unpaired_rows_load(tmp_path, tiny_tokenizer):

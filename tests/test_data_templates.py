@@ -76,3 +76,25 @@ def test_the_template_is_saved_with_the_checkpoint_tokenizer(tmp_path, tiny_asse
     assert saved.chat_template == CHAT_TEMPLATES["zephyr"]
     out = tokenize_sft(SFTExample(CHAT, ANSWER["content"]), tokenizer, DataConfig(chat_template="zephyr"))
     assert saved.apply_chat_template(CHAT + [ANSWER])["input_ids"][: len(out.input_ids)] == out.input_ids
+
+
+@pytest.mark.slow
+def test_base_model_sft_with_chatml_saves_a_tokenizer_that_reproduces_the_training_text(ray_session, tiny_assets_dir, tmp_path):
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from rlhf.models.loading import load_tokenizer
+    from rlhf.run import resolve_config, run
+
+    root = Path(tiny_assets_dir)
+    overrides = [f"tiny_assets={root}", f"model.policy={root / 'policy'}", f"data.train={root / 'data' / 'sft_train.jsonl'}",
+                 "data.eval=null", "data.chat_template=chatml", "data.max_prompt_len=64", "data.max_response_len=16",
+                 "trainer.max_steps=2", "checkpoint.interval=0", f"logging.output_dir={tmp_path}",
+                 "logging.wandb.mode=disabled", "logging.progress_bar=false"]
+    run(resolve_config(str(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "sft.yaml"), overrides))
+    saved = AutoTokenizer.from_pretrained(str(tmp_path / "policy"))
+    assert saved.chat_template == CHAT_TEMPLATES["chatml"]
+    example = SFTExample(CHAT, ANSWER["content"])
+    trained = tokenize_sft(example, load_tokenizer(str(root / "policy")), DataConfig(chat_template="chatml"))
+    assert tokenize_sft(example, saved, DataConfig()).input_ids == trained.input_ids

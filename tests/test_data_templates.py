@@ -96,5 +96,5 @@ def test_base_model_sft_with_chatml_saves_a_tokenizer_that_reproduces_the_traini
     saved = AutoTokenizer.from_pretrained(str(tmp_path / "policy"))
     assert saved.chat_template == CHAT_TEMPLATES["chatml"]
     example = SFTExample(CHAT, ANSWER["content"])
-    trained = tokenize_sft(example, load_tokenizer(str(root / "policy")), DataConfig(chat_template="chatml"))
+    trained = tokenize_sft(example, load_tokenizer(str(root / "policy"), "chatml"), DataConfig())
     assert tokenize_sft(example, saved, DataConfig()).input_ids == trained.input_ids

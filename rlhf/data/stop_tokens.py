@@ -67,8 +67,12 @@ def end_of_turn_id(tokenizer) -> int | None:
     Llama-3's ``<|eot_id|>``, ``</s>`` for [INST] and Zephyr templates. None when there is no
     template, it rejects the probe, or it writes no special token after the content.
     """
-    if not getattr(tokenizer, "chat_template", None):
-        return None
+    template = getattr(tokenizer, "chat_template", None)
+    return _cached_end_of_turn(tokenizer, template) if template else None
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_end_of_turn(tokenizer, template: str) -> int | None:
     try:
         text = tokenizer.apply_chat_template(_PROBE, tokenize=False)
     except Exception:  # jinja errors: a template that cannot render the probe has no known end of turn

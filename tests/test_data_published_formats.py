@@ -241,3 +241,11 @@ def test_system_prompt_is_prepended_only_when_there_is_none(tmp_path, tiny_token
     data = load_sft_dataset(write_jsonl(tmp_path / "m.jsonl", rows), tiny_tokenizer, DataConfig(system_prompt="Add."))
     assert [tiny_tokenizer.decode(e.prompt_ids) for e in data] == [
         "<|system|>Add.</s><|user|>1+1=</s><|assistant|>", "<|system|>Sum.</s><|user|>1+1=</s><|assistant|>"]
+
+
+@pytest.mark.parametrize("algorithm, n_examples", [("sft", 2), ("dpo", 1)])
+def test_dry_run_reads_helpsteer_as_sft_rows_or_pairs(algorithm, n_examples, tmp_path, tiny_assets, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", HELPSTEER_ROWS)
+    code, out, err = dry_run(tmp_path, tiny_assets, capsys, {"train": str(train)}, algorithm)
+    assert code == 0, err
+    assert f"format: helpsteer (detected)\n  rows: 2 read, 0 skipped; {n_examples} examples" in out

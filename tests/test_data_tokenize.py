@@ -173,6 +173,7 @@ def test_template_rejecting_a_row_is_a_data_error(tiny_tokenizer):
 
 def test_check_tokenizer():
     tokenizer = _tokenizer_with_template(None)
-    with pytest.raises(ValueError, match="no chat template; set data.apply_chat_template=false"):
+    with pytest.raises(ValueError, match=r"no chat template; set data.chat_template \(chatml, llama2, zephyr or a Jinja "
+                       r"file\) or data.apply_chat_template=false"):
         check_tokenizer(tokenizer, DataConfig())
     check_tokenizer(tokenizer, DataConfig(apply_chat_template=False))

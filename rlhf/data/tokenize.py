@@ -142,7 +142,8 @@ def check_tokenizer(tokenizer, cfg: DataConfig) -> None:
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; responses must end with one")
     if cfg.apply_chat_template and not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the tokenizer has no chat template; set data.apply_chat_template=false")
+        raise ValueError("the tokenizer has no chat template; set data.chat_template (chatml, llama2, zephyr or a Jinja "
+                         "file) or data.apply_chat_template=false")
 
 
 # ---- internals ---------------------------------------------------------------------------------

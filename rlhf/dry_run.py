@@ -44,12 +44,7 @@ def dry_run(cfg: RLHFConfig, out: TextIO | None = None) -> None:
     if cfg.data.eval:
         splits.append(("eval", cfg.data.eval, cfg.data.model_copy(update={"max_samples": None})))
     for name, path, data_cfg in splits:
-        try:
-            data = loader(path, tokenizer, data_cfg)
-        except DataError:
-            raise
-        except ValueError as e:  # the tokenizer cannot serve this data config (check_tokenizer)
-            raise DataError(str(path), None, str(e)) from None
+        data = loader(path, tokenizer, data_cfg)
         # The same rows without length limits: the lengths before truncation.
         full = loader(path, tokenizer, data_cfg.model_copy(update={
             "max_prompt_len": _UNLIMITED, "max_response_len": _UNLIMITED, "truncation": "error", "on_error": "skip"}))

@@ -249,3 +249,22 @@ def test_dry_run_reads_helpsteer_as_sft_rows_or_pairs(algorithm, n_examples, tmp
     code, out, err = dry_run(tmp_path, tiny_assets, capsys, {"train": str(train)}, algorithm)
     assert code == 0, err
     assert f"format: helpsteer (detected)\n  rows: 2 read, 0 skipped; {n_examples} examples" in out
+
+
+def test_dry_run_of_a_base_model_without_a_template_names_data_chat_template(tmp_path, tiny_assets, capsys):
+    from transformers import AutoTokenizer
+
+    base = tmp_path / "base"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets["policy"])
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(str(base))
+    train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "1+1=", "completion": "2"}])
+    config = {"model": {"policy": str(base)}, "algorithm": {"name": "sft"}, "data": {"train": str(train)}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    from rlhf.run import main
+
+    assert main([str(tmp_path / "c.yaml"), "--dry-run"]) == 2
+    assert f"data error: {train}: the tokenizer has no chat template; set data.chat_template" in capsys.readouterr().err
+    assert main([str(tmp_path / "c.yaml"), "--dry-run", "data.chat_template=chatml"]) == 0
+    out = capsys.readouterr().out  # (the char tokenizer has no '|': <unk>)
+    assert "<<unk>im_start<unk>>assistant\n    ⟦2" in out and "chat template 'chatml'" in out

@@ -86,8 +86,10 @@ def _load(path, tokenizer, cfg: DataConfig, split: str, kind: str, tokenize: Cal
     are kept or skipped together.
     """
     source = str(path)
-    use_chat_template(tokenizer, cfg.chat_template)
-    check_tokenizer(tokenizer, cfg)
+    try:  # a tokenizer that cannot serve this config is a data error (one line, exit 2), not a traceback
+        check_tokenizer(use_chat_template(tokenizer, cfg.chat_template), cfg)
+    except ValueError as e:
+        raise DataError(source, None, str(e)) from None
     fmt = None
     if cfg.format != "auto":
         try:

@@ -167,6 +167,11 @@ def test_failed_and_ambiguous_detection_say_how_to_fix_it():
         detect_format({"messages": [], "conversations": []}, "SFT")
 
 
+def test_unpaired_rows_are_not_sft_data():
+    with pytest.raises(DataError, match="it looks like format 'unpaired', which cannot make SFT examples"):
+        detect_format(PUBLISHED["unpaired"][1], "SFT")
+
+
 def test_formats_for_each_kind():
     assert "prompt" not in formats_for("SFT") and "helpsteer" in formats_for("SFT")
     assert set(formats_for("unpaired")) == {name for name, f in FORMATS.items() if f.preference or f.unpaired}

@@ -44,8 +44,9 @@ Pairs from scored responses (ultrafeedback, helpsteer, ranked) follow ``data.pai
 and rank by ``data.score_attribute``; HelpSteer pairs the consecutive rows of one prompt.
 
 Detection: the formats whose keys the row has (and whose value shapes it matches: ``chosen``
-as turns or text, a ``prompt`` tree) and which can make the wanted kind are candidates; the one
-with the most keys wins (``prompt`` only when nothing else matches). No candidate, or two with
+as turns or text, a ``prompt`` tree) and which can make the wanted kind are candidates, except
+one whose keys are a subset of a matching format's that cannot (an unpaired row is not SFT
+data); the one with the most keys wins (``prompt`` only when nothing else matches). No candidate, or two with
 as many keys, is a `DataError` that lists the keys seen, the known formats and how to set
 ``data.format`` and ``data.columns``.
 """
@@ -142,9 +143,13 @@ def _help(row: dict, kind: str) -> str:
 def detect_format(row: dict, kind: str = "prompt") -> str:
     """The format of ``row`` (columns already mapped) that can make ``kind`` examples (see the module doc)."""
     matching = [f for f in _FORMATS if set(f.keys) <= set(row) and f.shape(row)]
-    candidates = [f for f in matching if f.supports(kind)]
+    # A row of a more specific format (unpaired: prompt, completion, label) is not read as one whose
+    # keys are a subset of its own (prompt_completion): SFT would train on undesirable completions.
+    wider = [f for f in matching if not f.supports(kind)]
+    candidates = [f for f in matching if f.supports(kind) and not any(set(f.keys) < set(w.keys) for w in wider)]
     if not candidates:
-        seen = f" (it looks like format {matching[0].name!r}, which cannot make {kind} examples)" if matching else ""
+        closest = max(matching, key=lambda f: len(f.keys), default=None)
+        seen = f" (it looks like format {closest.name!r}, which cannot make {kind} examples)" if closest else ""
         raise DataError(None, None, f"cannot detect the {kind} data format{seen}: {_help(row, kind)}")
     preferred = [f for f in candidates if not f.fallback] or candidates
     most = max(len(f.keys) for f in preferred)

@@ -23,7 +23,6 @@ from rlhf.data.datasets import (
     load_sft_dataset,
     load_unpaired_dataset,
 )
-from rlhf.data.errors import DataError
 from rlhf.data.stop_tokens import stop_token_ids
 from rlhf.models.loading import load_tokenizer
 

@@ -1,14 +1,13 @@
 """Exact training tokens on SentencePiece-style tokenizers: the prompt/response seam, one stop
 token per response, plain prompts without a stray EOS, left truncation that keeps BOS."""
 
-import pytest
+from spm_tokenizer import INST_TEMPLATE, sentencepiece_tokenizer
 
 from rlhf.config import DataConfig
 from rlhf.data.examples import PromptExample, SFTExample
 from rlhf.data.stop_tokens import end_of_turn_id, stop_token_ids
 from rlhf.data.tokenize import tokenize_prompt, tokenize_sft
 
-from spm_tokenizer import INST_TEMPLATE, sentencepiece_tokenizer
 QUESTION = [{"role": "user", "content": "What is 3+4?"}]
 
 

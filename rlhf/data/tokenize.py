@@ -221,7 +221,8 @@ def _without_oldest_turn(messages: Messages) -> Messages | None:
 def _response_ids(messages: Messages, prompt: tuple[str, list[int]], response: str, tokenizer, cfg: DataConfig) -> list[int]:
     """The untruncated response ids that follow the prompt (text, ids), ending in one stop token."""
     stops = stop_token_ids(tokenizer, chat_template=cfg.apply_chat_template)
-    terminator = (end_of_turn_id(tokenizer) if cfg.apply_chat_template else None) or tokenizer.eos_token_id
+    end_of_turn = end_of_turn_id(tokenizer) if cfg.apply_chat_template else None
+    terminator = end_of_turn if end_of_turn is not None else tokenizer.eos_token_id
     prompt_text, prompt_ids = prompt
     full_text, full_ids = _render_conversation(messages, response, tokenizer, cfg)
     if full_text.startswith(prompt_text):

@@ -4,7 +4,9 @@ With ``DataConfig.apply_chat_template`` (the default) the prompt is the tokenize
 template applied to the prompt turns with ``add_generation_prompt=True``: exactly what the
 rollout engine is given. A response is tokenized inside the template, as the tokens that
 ``messages + [assistant response]`` adds after the prompt. The rendered strings are tokenized
-with ``add_special_tokens=False`` (a template that wants a BOS writes it itself).
+with ``add_special_tokens=False`` (a template that wants a BOS writes it itself). The template is
+the tokenizer's (the loader gives it ``data.chat_template`` first); ``data.system_prompt`` is
+prepended as a system turn to prompts without one.
 
 Guarantees, for every example:
 

@@ -123,7 +123,9 @@ class PPOConfig(Section):
 
 class DPOConfig(Section):
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the implicit reward.")
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="DPO loss variant.")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="DPO loss variant; ipo uses length-averaged log-probabilities, as in its paper."
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO / robust DPO label noise.")
     nll_coef: float = Field(0.0, ge=0, description="Weight of an NLL term on the chosen response (RPO).")
     precompute_ref_logprobs: bool = Field(False, description="Compute reference logprobs once up front and free the reference.")

@@ -20,6 +20,8 @@ from rlhf.registry import ALGORITHM_NAMES, get_algorithm
 from rlhf.tiny import FAMILIES as TINY_FAMILIES
 
 ROLES = ("policy", "reference", "reward", "critic", "rollout")
+# data.chat_template values that are not paths (rlhf.data.templates.CHAT_TEMPLATES plus 'tokenizer').
+CHAT_TEMPLATE_NAMES = ("tokenizer", "chatml", "llama2", "zephyr")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -62,9 +64,28 @@ class DataConfig(Section):
     train: str = Field("", description="Training data: a .jsonl/.json/.parquet file, a datasets.save_to_disk dir, or a hub name.")
     eval: Optional[str] = Field(None, description="Held-out data in the same format as `train`.")
     format: Literal[
-        "auto", "prompt", "messages", "prompt_completion", "prompt_chosen_rejected", "chat_pairs", "hh_rlhf", "stack_exchange"
-    ] = Field("auto", description="Row format; 'auto' detects it from the first row's keys.")
-    apply_chat_template: bool = Field(True, description="Wrap prompts and responses with the tokenizer's chat template.")
+        "auto", "prompt", "messages", "prompt_completion", "openorca", "alpaca", "sharegpt", "oasst_tree",
+        "prompt_chosen_rejected", "chat_pairs", "hh_rlhf", "stack_exchange", "orca_dpo_pairs", "ultrafeedback",
+        "helpsteer", "ranked", "unpaired",
+    ] = Field("auto", description="Row format (table in rlhf/data/formats.py); 'auto' detects it from the first row's keys.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Our field name -> this file's column name, applied before detection, e.g. {prompt: question, completion: answer}.",
+    )
+    apply_chat_template: bool = Field(True, description="Wrap prompts and responses with the chat template.")
+    chat_template: str = Field(
+        "tokenizer",
+        description="The chat template: 'tokenizer' (its own), 'chatml', 'llama2', 'zephyr', or a path to a Jinja file; "
+        "saved with every checkpoint's tokenizer.",
+    )
+    system_prompt: Optional[str] = Field(None, description="Prepended as a system turn to conversations that have none.")
+    pairing: Literal["all", "best_vs_rest", "best_vs_worst"] = Field(
+        "all", description="Pairs from scored/ranked responses: all K(K-1)/2, the best vs each lower one, or best vs worst."
+    )
+    score_attribute: Optional[str] = Field(
+        None, description="Score that ranks responses: UltraFeedback 'overall_score' (default), 'fine-grained_score' or an "
+        "aspect; a HelpSteer attribute ('helpfulness', default)."
+    )
     max_prompt_len: int = Field(256, ge=1, description="Prompt token limit.")
     max_response_len: int = Field(256, ge=1, description="Response token limit for SFT/DPO/RM data.")
     truncation: Literal["error", "left", "right"] = Field(
@@ -377,7 +398,8 @@ def _model_at(model: type[BaseModel], path: list[str]):
 
 
 def check_paths(cfg: RLHFConfig, source: str) -> None:
-    """Model and data paths must exist unless they look like hub ids ('org/name')."""
+    """Model and data paths must exist unless they look like hub ids ('org/name'); data.chat_template
+    must name a template or an existing file."""
     candidates = {
         "model.policy": cfg.model.policy,
         "model.reference": cfg.model.reference,
@@ -389,6 +411,10 @@ def check_paths(cfg: RLHFConfig, source: str) -> None:
     for key, value in candidates.items():
         if value and not os.path.exists(value) and not _HUB_ID.match(value):
             raise ConfigError(f"{source}: {key}: path does not exist: {value}")
+    template = cfg.data.chat_template
+    if template not in CHAT_TEMPLATE_NAMES and not os.path.isfile(template):
+        raise ConfigError(f"{source}: data.chat_template: {template!r} is neither one of {', '.join(CHAT_TEMPLATE_NAMES)} "
+                          "nor an existing Jinja file")
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None, validate_paths: bool = True) -> RLHFConfig:

@@ -93,6 +93,21 @@ def test_logprobs_in_bfloat16_match_float32():
     close(half, logprobs_from_logits(logits.bfloat16().float(), labels))
 
 
+def test_bfloat16_logits_with_temperature_match_float64():
+    # bf16 logits of a 32k vocabulary at T=0.7: dividing in bf16 (before the upcast) rounds every z
+    # to 8 significant bits and moves logprobs by ~0.1 nats; dividing after the upcast stays exact.
+    gen = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(2, 6, 32000, generator=gen)).bfloat16()
+    labels = torch.randint(0, 32000, (2, 6), generator=gen)
+    reference = torch.log_softmax(logits.double() / 0.7, dim=-1)
+    expected_logps = reference.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    expected_entropy = -(reference.exp() * reference).sum(-1)
+    close(logprobs_from_logits(logits, labels, temperature=0.7), expected_logps, tol=1e-3)
+    close(entropy_from_logits(logits, temperature=0.7), expected_entropy, tol=1e-3)
+    divided_in_bf16 = torch.log_softmax((logits / 0.7).double(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    assert (divided_in_bf16 - expected_logps).abs().max() > 1e-2  # the error this guards against
+
+
 def test_entropy_from_logits():
     # -(0.25 ln 0.25 * 2 + 0.5 ln 0.5) = 1.5 ln 2
     close(entropy_from_logits(LOGITS), [[1.5 * math.log(2), 1.5 * math.log(2)]])

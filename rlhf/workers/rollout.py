@@ -33,6 +33,8 @@ import torch
 from rlhf.algorithms.seeds import sampling_seeds
 from rlhf.config import RLHFConfig
 from rlhf.data.padding import build_sequence_batch
+from rlhf.data.stop_tokens import stop_token_ids
+from rlhf.data.templates import use_chat_template
 from rlhf.weight_sync import SyncHandle, WeightTransport, make_transport
 
 # Dotted path vLLM imports in its worker (``worker_extension_cls``).
@@ -85,8 +87,9 @@ class RolloutEngine:
         self._backend = cfg.rollout.backend
         self._device = _resolve_device(cfg.resources.device)
         self._seed = cfg.trainer.seed + engine_index
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.eos_ids = _eos_ids(model_path, self.tokenizer)
+        self.tokenizer = use_chat_template(AutoTokenizer.from_pretrained(model_path), cfg.data.chat_template)
+        # The stop set the training data ends its responses with (rlhf.data.stop_tokens).
+        self.eos_ids = stop_token_ids(self.tokenizer, model_path, cfg.data.apply_chat_template)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
         if self._backend == "vllm":
@@ -321,20 +324,3 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def _eos_ids(model_path: str, tokenizer) -> list[int]:
-    """EOS ids from the model's generation_config.json (may be a list), else the tokenizer's."""
-    ids: list[int] = []
-    try:
-        from transformers import GenerationConfig
-
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-        ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
-    except OSError:
-        pass
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    if not ids:
-        raise ValueError(f"{model_path}: no EOS token id in generation_config.json or the tokenizer")
-    return ids

@@ -106,7 +106,7 @@ class TrainerBase(RoleWorker):
         self.engine = None
         self.total_steps = total_steps if total_steps is not None else self._default_total_steps()
         set_seed(cfg.trainer.seed)
-        self.tokenizer = load_tokenizer(model_path)
+        self.tokenizer = load_tokenizer(model_path, cfg.data.chat_template)  # saved with every checkpoint
         self.model = self._load_model(model_path)
         disable_dropout(self.model)
 

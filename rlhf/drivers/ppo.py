@@ -165,6 +165,7 @@ class PPODriver:
             "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "response_mask": mask,
             "old_logprobs": old_logprobs, "old_values": values,
             "advantages": targets["advantages"], "returns": targets["returns"],
+            "ref_logprobs": ref_logprobs, "rollout_logprobs": batch["rollout_logprobs"],  # KL loss term, rollout IS correction
         }
 
         t0 = time.time()

@@ -16,6 +16,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlhf.tiny import FAMILIES as TINY_FAMILIES
+
 ROLES = ("policy", "reference", "reward", "critic", "rollout")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -124,7 +126,9 @@ class PPOConfig(Section):
 
 class DPOConfig(Section):
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the implicit reward.")
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="DPO loss variant.")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="DPO loss variant; ipo uses length-averaged log-probabilities, as in its paper."
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO / robust DPO label noise.")
     nll_coef: float = Field(0.0, ge=0, description="Weight of an NLL term on the chosen response (RPO).")
     precompute_ref_logprobs: bool = Field(False, description="Compute reference logprobs once up front and free the reference.")
@@ -236,6 +240,9 @@ class RLHFConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints and resume.")
     tiny_assets: Optional[str] = Field(
         None, description="CPU demos/tests: build the tiny models and datasets into this dir first if missing."
+    )
+    tiny_family: Literal[TINY_FAMILIES] = Field(
+        "char", description="Model family of the tiny_assets build (rlhf.tiny): char, llama3, qwen2 or mistral."
     )
 
     @model_validator(mode="after")

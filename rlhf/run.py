@@ -29,7 +29,7 @@ def resolve_config(path: str, overrides: list[str]) -> RLHFConfig:
     if cfg.tiny_assets:
         from rlhf.tiny import build_tiny_assets
 
-        build_tiny_assets(cfg.tiny_assets)
+        build_tiny_assets(cfg.tiny_assets, family=cfg.tiny_family)
     check_paths(cfg, path)
     return cfg
 

@@ -48,7 +48,7 @@ class PPORoles:
         return [g for g in (self.policy, self.reference, self.reward, self.critic, self.rollout) if g is not None]
 
 
-def _group(cfg: RLHFConfig, pools: dict[str, Pool], role: str, actor_cls, num: int, *args) -> WorkerGroup:
+def _group(cfg: RLHFConfig, pools: dict[str, Pool], role: str, actor_cls, num: int, *args, index_kwarg=None) -> WorkerGroup:
     return WorkerGroup(
         actor_cls,
         role=role,
@@ -56,6 +56,7 @@ def _group(cfg: RLHFConfig, pools: dict[str, Pool], role: str, actor_cls, num: i
         actor_options=[actor_options(pools, role, i) for i in range(num)],
         init_args=args,
         call_timeout_s=cfg.resources.call_timeout_s,
+        index_kwarg=index_kwarg,
     )
 
 
@@ -68,7 +69,9 @@ def start_roles(cfg: RLHFConfig, pools: dict[str, Pool]) -> PPORoles:
         reference=None if cfg.model.reference_from_base else _group(cfg, pools, "reference", ReferenceWorker, res.reference.num_actors, cfg),
         reward=_group(cfg, pools, "reward", RewardWorker, res.reward.num_actors, cfg),
         critic=_group(cfg, pools, "critic", CriticTrainer, res.critic.num_actors, cfg, critic_path),
-        rollout=_group(cfg, pools, "rollout", RolloutEngine, cfg.rollout.num_engines, cfg, cfg.model.policy),
+        # Each engine knows its index: its sampling seeds are keyed by it (rlhf.algorithms.seeds).
+        rollout=_group(cfg, pools, "rollout", RolloutEngine, cfg.rollout.num_engines, cfg, cfg.model.policy,
+                       index_kwarg="engine_index"),
     )
     roles.policy.setup_distributed()
     roles.critic.setup_distributed()
@@ -215,14 +218,14 @@ class PPODriver:
         """Split prompts across engines; every engine must hold the current weights version."""
         engines = self.roles.rollout
         shards = [list(range(len(prompt_ids)))[i :: engines.num_actors] for i in range(engines.num_actors)]
-        seed = self.cfg.trainer.seed * 1_000_003 + step  # same samples for the same step after a resume
         outputs = engines.run_each(
             "generate",
             [([prompt_ids[i] for i in shard],) for shard in shards],
             expected_version=self.version,
             samples_per_prompt=1 if greedy else self.ppo.samples_per_prompt,
             greedy=greedy,
-            seed=seed,
+            seed=self.cfg.trainer.seed,  # keys every sample's seed with (step, engine): rlhf.algorithms.seeds
+            step=step,
         )
         for shard, out in zip(shards, outputs):
             out["prompt_index"] = torch.as_tensor(shard, dtype=torch.long)[out["prompt_index"]]

@@ -82,7 +82,8 @@ class WorkerGroup:
     actor_options: Ray options for every actor (a dict) or one dict per actor (a list), e.g.
     num_cpus, num_gpus and a PlacementGroupSchedulingStrategy for its bundle. Alternatively
     ``placement_group`` with ``bundle_indices`` (one per actor) places actor i in bundle
-    bundle_indices[i]. Each actor is built as ``actor_cls(*init_args, **init_kwargs)``;
+    bundle_indices[i]. Each actor is built as ``actor_cls(*init_args, **init_kwargs)``, plus
+    ``index_kwarg=i`` (its index in the group) when ``index_kwarg`` names a keyword;
     ``actor_cls`` is a plain class (wrapped with ray.remote here) or an existing ray.remote class.
     """
 
@@ -97,6 +98,7 @@ class WorkerGroup:
         call_timeout_s: float = 600.0,
         placement_group=None,
         bundle_indices: Sequence[int] | None = None,
+        index_kwarg: str | None = None,
     ):
         if num_actors < 1:
             raise ValueError(f"{role}: num_actors must be >= 1, got {num_actors}")
@@ -119,7 +121,10 @@ class WorkerGroup:
                     placement_group=placement_group, placement_group_bundle_index=index
                 )
         remote_cls = actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else ray.remote(actor_cls)
-        self.actors = [remote_cls.options(**opts).remote(*init_args, **(init_kwargs or {})) for opts in per_actor]
+        self.actors = [
+            remote_cls.options(**opts).remote(*init_args, **(init_kwargs or {}), **({index_kwarg: i} if index_kwarg else {}))
+            for i, opts in enumerate(per_actor)
+        ]
 
     def __len__(self) -> int:
         return len(self.actors)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf.algorithms.dpo import dpo_loss
+from rlhf.algorithms.dpo import dpo_loss, preference_logps
 from rlhf.algorithms.logprobs import logprobs_from_logits, sequence_logprobs
 from rlhf.algorithms.loss_agg import agg_count, row_share
 from rlhf.algorithms.policy_loss import PolicyObjective
@@ -142,9 +142,10 @@ class PolicyTrainer(TrainerBase):
 
         minibatch: chosen_/rejected_ {input_ids, attention_mask, loss_mask} [B, T]
         (`rlhf.data.collate.collate_preference`) and the reference's ref_chosen_logps,
-        ref_rejected_logps [B]. Chosen and rejected go through the model in one forward pass
-        ([2B, T]). loss = mean over the step's pairs of dpo_loss + nll_coef * sft_loss(chosen)
-        (RPO; only when nll_coef > 0; aggregated over the step's chosen tokens with trainer.loss_agg_mode).
+        ref_rejected_logps [B] (summed, or length-averaged for IPO: `preference_logps`). Chosen and rejected
+        go through the model in one forward pass ([2B, T]). loss = mean over the step's pairs of dpo_loss
+        + nll_coef * sft_loss(chosen) (RPO; only when nll_coef > 0; aggregated over the step's chosen
+        tokens with trainer.loss_agg_mode).
         Returns TRL's names: loss, rewards/chosen, rewards/rejected, rewards/accuracies,
         rewards/margins, logps/chosen, logps/rejected (and nll_loss), plus policy/grad_norm, policy/lr.
         """
@@ -160,7 +161,7 @@ class PolicyTrainer(TrainerBase):
             n = len(mb["ref_chosen_logps"])
             logits = next_token_logits(self.engine, rows["input_ids"], rows["attention_mask"])
             labels, mask = rows["input_ids"][:, 1:], rows["loss_mask"][:, 1:]
-            logps = sequence_logprobs(logprobs_from_logits(logits, labels), mask)
+            logps = preference_logps(sequence_logprobs(logprobs_from_logits(logits, labels), mask), mask, dpo.loss_type)
             chosen, rejected = logps[:n], logps[n:]
             losses, chosen_rewards, rejected_rewards = dpo_loss(
                 chosen, rejected, mb["ref_chosen_logps"].to(logps.dtype), mb["ref_rejected_logps"].to(logps.dtype),

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from rlhf.algorithms.seeds import sampling_seeds
 from rlhf.config import RLHFConfig
 from rlhf.data.padding import build_sequence_batch
 from rlhf.weight_sync import SyncHandle, WeightTransport, make_transport
@@ -133,10 +134,15 @@ class RolloutEngine:
         samples_per_prompt: int = 1,
         greedy: bool = False,
         seed: int | None = None,
+        step: int = 0,
     ) -> dict:
         """Sample ``samples_per_prompt`` responses per prompt, prompt-major (prompt 0's samples first).
 
-        ``seed``: sampling seed of prompt i is seed + i, so the same call gives the same samples.
+        ``seed`` (trainer.seed) and ``step``: sample s of this call (prompt-major) is drawn with
+        `rlhf.algorithms.seeds.sampling_seed(seed, step, engine_index, s)`, so the same call gives
+        the same samples, and no two steps, engines or samples share a seed. vLLM then gets one
+        request per sample (the repeated prompt hits its prefix cache); the transformers backend
+        samples the whole batch from one generator seeded with sample 0's seed.
         Returns the `build_sequence_batch` tensors (input_ids, attention_mask [B, P+R],
         response_mask [B, R]) plus rollout_logprobs [B, R] (0 on padding), finished_with_eos [B]
         (the response ended on EOS or a stop string, not at max_new_tokens), prompt_index [B]
@@ -154,12 +160,14 @@ class RolloutEngine:
         prompts = [p for p in prompt_token_ids for _ in range(samples_per_prompt)]
         # vLLM and transformers both refuse several greedy samples per prompt (they would be
         # identical), so greedy decoding gets each prompt repeated instead.
-        engine_prompts, n = (prompts, 1) if greedy else (prompt_token_ids, samples_per_prompt)
+        # Seeded sampling gets one request per sample too, each with its own seed.
+        seeds = None if seed is None or greedy else sampling_seeds(seed, step, self.engine_index, len(prompts))
+        engine_prompts, n = (prompts, 1) if greedy or seeds else (prompt_token_ids, samples_per_prompt)
         if self._backend == "vllm":
-            responses, logprobs, finished = self._generate_vllm(engine_prompts, n, greedy, seed)
+            responses, logprobs, finished = self._generate_vllm(engine_prompts, n, greedy, seeds)
         else:
-            if seed is not None:
-                torch.manual_seed(seed)
+            if seeds:
+                torch.manual_seed(seeds[0])
             responses, logprobs, finished = self._generate_hf(engine_prompts, n, greedy)
         batch = build_sequence_batch(prompts, responses, self.pad_id)
         width = batch["response_mask"].shape[1]
@@ -212,11 +220,11 @@ class RolloutEngine:
             seed=seed,
         )
 
-    def _generate_vllm(self, prompt_token_ids, samples_per_prompt, greedy, seed):
+    def _generate_vllm(self, prompt_token_ids, samples_per_prompt, greedy, seeds: list[int] | None):
         from vllm.inputs import TokensPrompt
 
-        # A seed per prompt (seed + i) makes the samples reproducible, e.g. after a resume.
-        params = [self._sampling_params(samples_per_prompt, greedy, None if seed is None else seed + i)
+        # A seed per request (one sample each when seeded) makes the samples reproducible, e.g. after a resume.
+        params = [self._sampling_params(samples_per_prompt, greedy, None if seeds is None else seeds[i])
                   for i in range(len(prompt_token_ids))]
         outputs = self._llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_token_ids],

@@ -104,7 +104,31 @@ class PPOConfig(Section):
     samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
     mini_batch_size: int = Field(64, ge=1, description="Samples per optimizer step (across all data-parallel actors).")
-    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip epsilon (symmetric: ratio clipped to [1-clip_eps, 1+clip_eps]).")
+    # -- policy-gradient loss options (rlhf.algorithms.policy_loss), shared with the critic-free algorithms
+    policy_loss_type: Literal["ppo", "gspo"] = Field(
+        "ppo",
+        description="Importance ratio: 'ppo' per token r_t = pi/pi_old; 'gspo' per sequence, the geometric mean of its "
+        "token ratios (GSPO, arXiv 2507.18071; its paper objective also sets trainer.loss_agg_mode=seq_mean_token_mean "
+        "and small clip ranges, e.g. 3e-4/4e-4).",
+    )
+    clip_eps_low: Optional[float] = Field(None, gt=0, lt=1, description="Lower clip: ratio >= 1 - clip_eps_low; null = clip_eps.")
+    clip_eps_high: Optional[float] = Field(
+        None, gt=0, description="Upper clip: ratio <= 1 + clip_eps_high; null = clip_eps. DAPO's clip-higher uses 0.28 with 0.2 below (arXiv 2503.14476)."
+    )
+    clip_ratio_c: Optional[float] = Field(
+        3.0, gt=1, description="Dual clip for negative advantages (Ye et al. 2020): the surrogate is at least clip_ratio_c * A when A < 0; null = off."
+    )
+    kl_loss_coef: float = Field(
+        0.0, ge=0, description="KL(policy || reference) as a loss term with this weight (as GRPO); independent of kl_coef (KL in the reward)."
+    )
+    kl_loss_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator of the KL loss term (GRPO uses k3).")
+    rollout_is_cap: Optional[float] = Field(
+        2.0,
+        gt=0,
+        description="Truncated importance sampling against the rollout engine: each token's policy-gradient term is weighted by "
+        "min(pi_trainer_old / pi_rollout, cap) (Yao et al. 2025), correcting engine/trainer mismatch (bf16 engines); null = off.",
+    )
     value_clip: Optional[float] = Field(0.2, gt=0, description="Value clip range; null disables clipping.")
     value_loss_coef: float = Field(1.0, gt=0, description="Scale of the critic loss.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient.")
@@ -216,6 +240,13 @@ class TrainerConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup in optimizer steps.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     micro_batch_size: int = Field(4, ge=1, description="Samples per forward/backward on each actor.")
+    loss_agg_mode: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = Field(
+        "token_mean",
+        description="How per-token losses (PPO policy/value/entropy, SFT, the DPO NLL term) are aggregated over the whole "
+        "optimizer step, across micro-batches and actors, so the update does not depend on the split. With loss l, mask m, "
+        "n_b = sum_t m[b,t]: token_mean = sum_{b,t} m*l / sum_{b,t} m; seq_mean_token_sum = sum_b sum_t m*l / #rows; "
+        "seq_mean_token_mean = sum_b (sum_t m*l / n_b) / #rows (rows with n_b > 0). Per-pair losses (DPO, RM) are means over pairs.",
+    )
     train_batch_size: int = Field(32, ge=1, description="SFT/DPO/RM: samples (or pairs) per optimizer step across actors.")
     num_epochs: int = Field(1, ge=1, description="SFT/DPO/RM: passes over the training data.")
     max_steps: Optional[int] = Field(None, ge=1, description="SFT/DPO/RM: stop after this many optimizer steps.")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf.algorithms.logprobs import entropy_from_logits, logprobs_from_logits, sequence_logprobs
-from rlhf.algorithms.masked import masked_mean, masked_reduce, masked_sum, masked_var, whiten
+from rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, whiten
 from rlhf.algorithms.reward import pairwise_accuracy, pairwise_loss
 from rlhf.algorithms.sft import sft_loss
 
@@ -58,12 +58,6 @@ def test_whiten():
     close(whiten(X, MASK)[0, 1], -0.8728715)
     shifted = [[0.0, expected[0][1] + 10 / 3, expected[0][2] + 10 / 3, 0.0], [expected[1][0] + 10 / 3, 0.0, 0.0, 0.0]]
     close(whiten(X, MASK, shift_mean=False), shifted)
-
-
-def test_masked_reduce_token_mean_vs_seq_mean():
-    # row means 2.5 and 5: token mean 10/3, sequence mean 3.75
-    close(masked_reduce(X, MASK, "token_mean"), 10 / 3)
-    close(masked_reduce(X, MASK, "seq_mean"), (2.5 + 5.0) / 2)
 
 
 # --- logprobs and entropy ----------------------------------------------------------------------
@@ -142,7 +136,10 @@ def test_sft_loss_token_mean_vs_seq_mean():
     # nll: row 0 = [ln 2, ln 4], row 1 = [ln 8]
     close(sft_loss(logits, labels, mask), (math.log(2) + math.log(4) + math.log(8)) / 3)  # 2 ln 2
     seq_mean = ((math.log(2) + math.log(4)) / 2 + math.log(8)) / 2  # 2.25 ln 2
-    close(sft_loss(logits, labels, mask, reduction="seq_mean"), seq_mean)
+    close(sft_loss(logits, labels, mask, loss_agg_mode="seq_mean_token_mean"), seq_mean)
+    close(sft_loss(logits, labels, mask, loss_agg_mode="seq_mean_token_sum"), (math.log(2) + math.log(4) + math.log(8)) / 2)
+    # a share of a larger step: the same sums over that step's count of 6 tokens
+    close(sft_loss(logits, labels, mask, count=6), (math.log(2) + math.log(4) + math.log(8)) / 6)
 
 
 def test_sft_loss_gradient_only_on_masked_tokens():
@@ -154,10 +151,10 @@ def test_sft_loss_gradient_only_on_masked_tokens():
     close(logits.grad[0, 0], [(0.5 - 1) / 3, 0.25 / 3, 0.25 / 3])
 
 
-def test_sft_loss_unknown_reduction():
+def test_sft_loss_unknown_aggregation():
     logits, labels, mask = sft_batch()
-    with pytest.raises(ValueError, match="token_mean, seq_mean"):
-        sft_loss(logits, labels, mask, reduction="mean")
+    with pytest.raises(ValueError, match="token_mean, seq_mean_token_sum, seq_mean_token_mean"):
+        sft_loss(logits, labels, mask, loss_agg_mode="mean")
 
 
 # --- reward model ------------------------------------------------------------------------------

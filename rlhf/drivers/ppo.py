@@ -23,6 +23,7 @@ from rlhf.data.datasets import EpochSampler, load_prompt_dataset
 from rlhf.drivers.checkpoint import PendingCheckpoint, read_driver_state, resolve_resume
 from rlhf.drivers.cluster import Pool, actor_options, prepare_placement, release, write_placement
 from rlhf.drivers.metrics import MetricsLogger
+from rlhf.drivers.weight_sync import WeightSync
 from rlhf.models.loading import load_tokenizer
 from rlhf.workers.critic import CriticTrainer
 from rlhf.workers.group import WorkerError, WorkerGroup
@@ -94,6 +95,7 @@ class PPODriver:
         self.version = 0
         self.pools: dict[str, Pool] = {}
         self.roles: PPORoles | None = None
+        self.weight_sync: WeightSync | None = None
         self.last_checkpoint: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -106,6 +108,8 @@ class PPODriver:
         metrics = None
         try:
             self.roles = start_roles(cfg, self.pools)
+            self.weight_sync = WeightSync(cfg, self.roles.policy, self.roles.rollout)
+            self.weight_sync.setup()  # the rendezvous, before the first step
             self._write_placement(out)
             self._maybe_resume()
             metrics = MetricsLogger(cfg, self.ppo.num_steps, self.step)
@@ -258,13 +262,8 @@ class PPODriver:
 
     def sync_weights(self) -> int:
         """Publish the policy's weights as the next version and load them into every engine."""
-        version = self.version + 1
-        handles = self.roles.policy.run_all("publish_weights", version)
-        handle = next(h for h in handles if h is not None)
-        loaded = self.roles.rollout.run_all("load_weights", handle)
-        if any(v != version for v in loaded):
-            raise WorkerError(f"rollout engines report versions {loaded} after syncing version {version}")
-        self.version = version
+        handle = self.weight_sync.sync(self.version + 1)
+        self.version = handle.version
         return handle.total_bytes
 
     def evaluate(self) -> dict[str, float]:
@@ -311,8 +310,7 @@ class PPODriver:
         if self.score_moments is not None and state["score_moments"]:
             self.score_moments.load_state_dict(state["score_moments"])
         self.version = self.step  # one sync per step so far; engines get that version now
-        handles = self.roles.policy.run_all("publish_weights", self.version)
-        self.roles.rollout.run_all("load_weights", next(h for h in handles if h is not None))
+        self.weight_sync.sync(self.version)
         self.last_checkpoint = ckpt
         log.info("resumed from %s at step %d (kl_coef %.4g)", ckpt, self.step, self.kl_ctl.value)
 

@@ -53,23 +53,29 @@ class RolloutWorkerExtension:
     ``model.load_weights`` after start-up fails on the CPU backend).
     """
 
-    def rlhf_init_transport(self, name: str, init_kwargs: dict[str, Any]) -> None:
+    def rlhf_init_transport(self, name: str, engine_index: int, init_kwargs: dict[str, Any]) -> None:
         transport = _cached_transport(self.__dict__.setdefault("_rlhf_transports", {}), name, "auto")
         if init_kwargs:
-            kwargs = dict(init_kwargs)
-            kwargs["rank"] = kwargs.pop("rank_offset") + self.rank  # one group rank per vLLM worker
-            transport.init(**kwargs)
+            _join_sync_group(transport, engine_index, self.rank, init_kwargs)
 
     def rlhf_load_weights(self, handle: SyncHandle) -> None:
         transport = _cached_transport(self.__dict__.setdefault("_rlhf_transports", {}), handle.transport, "auto")
+        # A streaming transport's receive is a generator: each bucket is received as the loader reaches it.
         self.reload_weights(weights_iterator=transport.receive(handle))
 
 
 def _cached_transport(cache: dict[str, WeightTransport], name: str, device: str) -> WeightTransport:
-    """One transport per name and process: NCCL's keeps its communicator between syncs."""
+    """One transport per name and process: broadcast's keeps its group between syncs."""
     if name not in cache:
-        cache[name] = make_transport(name, device)
+        cache[name] = make_transport(name, _resolve_device(device))
     return cache[name]
+
+
+def _join_sync_group(transport: WeightTransport, engine_index: int, worker_rank: int, init_kwargs: dict[str, Any]) -> None:
+    """One group rank per engine worker: rank_offset (this engine's first rank) + the worker's TP rank."""
+    kwargs = dict(init_kwargs)
+    rank = kwargs.pop("rank_offset") + worker_rank
+    transport.init(rank=rank, role=f"rollout engine {engine_index} worker {worker_rank}", **kwargs)
 
 
 class RolloutEngine:
@@ -102,20 +108,24 @@ class RolloutEngine:
     def version(self) -> int:
         return self._version
 
-    def init_transport(self, name: str, **init_kwargs) -> None:
-        """GPU transports only: join the trainer's sync group (NCCL: master_address, master_port,
-        rank_offset = this engine's first rank in the group, world_size)."""
+    def init_weight_sync(self, transport: str, engine_index: int, **init_kwargs) -> None:
+        """Create the transport (resolved by the driver) in every worker; with init_kwargs, join its group.
+
+        Broadcast: master_address, master_port, world_size, timeout_s; every worker of the engine
+        joins at once, as group rank 1 + engine_index * tensor_parallel_size + its TP rank.
+        """
+        self.engine_index = engine_index
+        if init_kwargs:
+            init_kwargs["rank_offset"] = 1 + engine_index * self.cfg.rollout.tensor_parallel_size
         if self._backend == "vllm":
-            self._llm.collective_rpc("rlhf_init_transport", args=(name, init_kwargs))
+            self._llm.collective_rpc("rlhf_init_transport", args=(transport, engine_index, init_kwargs))
         else:
-            transport = _cached_transport(self._transports, name, self._device)
+            sync = _cached_transport(self._transports, transport, self._device)
             if init_kwargs:
-                kwargs = dict(init_kwargs)
-                kwargs["rank"] = kwargs.pop("rank_offset")
-                transport.init(**kwargs)
+                _join_sync_group(sync, engine_index, 0, init_kwargs)
 
     def load_weights(self, handle: SyncHandle) -> int:
-        """Receive the weights published as ``handle`` and load them; returns the new version."""
+        """Receive the weights of ``handle`` (a streaming transport: of its version) and load them; returns the new version."""
         if self._backend == "vllm":
             self._llm.collective_rpc("rlhf_load_weights", args=(handle,))
             # Cached prefixes hold keys/values computed with the old weights.

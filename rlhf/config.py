@@ -138,6 +138,10 @@ class RolloutConfig(Section):
     sync_bucket_mb: float = Field(
         256.0, gt=0, description="Weight-sync bucket size in MiB: the unit sent, loaded and (ZeRO-3) gathered at once."
     )
+    sleep_while_training: bool = Field(
+        False, description="GPU only: vLLM sleep mode level 1 (weights to host memory, KV cache freed) from generation "
+        "until the next weight sync, so a colocated trainer can use the GPU (resources.colocate, single-GPU runs).",
+    )
     sync_timeout_s: float = Field(
         300.0, gt=0, description="Limit on every wait of a weight sync (rendezvous, metadata, each bucket); the error names role and bucket."
     )

@@ -265,3 +265,15 @@ def test_engine_dying_mid_sync_is_named_not_a_hang(ray_session, tiny_assets):
     finally:
         policy.kill()
         rollout.kill()
+
+
+def test_gpu_placement_and_refusals():
+    from rlhf.drivers.weight_sync import REFUSED_PLACEMENTS, gpu_placement
+
+    assert gpu_placement("A", ["A", "A"]) == "all"
+    assert gpu_placement("A", ["A", "B"]) == "some"
+    assert gpu_placement("A", ["B", "C"]) == "none"
+    # auto never picks a refused pair: all -> ipc, none -> broadcast.
+    assert ("ipc", "all") not in REFUSED_PLACEMENTS and ("broadcast", "none") not in REFUSED_PLACEMENTS
+    assert resolve_transport("auto", "cuda", engines_share_trainer_gpu=True) == "ipc"
+    assert all(transport != "object_store" for transport, _ in REFUSED_PLACEMENTS)

@@ -150,6 +150,7 @@ class PPODriver:
 
         t0 = time.time()
         batch = self.generate([e.prompt_ids for e in examples], self.step)
+        self.weight_sync.release_engines()
         prompts_text = [examples[i].raw_prompt for i in batch["prompt_index"].tolist()]
         t_generate = time.time() - t0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from rlhf.weight_sync.base import SyncHandle, WeightSyncError, WeightTransport
 from rlhf.weight_sync.broadcast import BroadcastTransport
 from rlhf.weight_sync.buckets import BucketedWeights
-from rlhf.weight_sync.cuda_ipc import CudaIpcTransport
+from rlhf.weight_sync.cuda_ipc import CudaIpcTransport, gpu_uuid
 from rlhf.weight_sync.object_store import ObjectStoreTransport
 
 TRANSPORTS: dict[str, type[WeightTransport]] = {
@@ -50,5 +50,5 @@ def make_transport(name: str, device: str) -> WeightTransport:
 
 
 __all__ = [
-    "TRANSPORTS", "BucketedWeights", "SyncHandle", "WeightSyncError", "WeightTransport", "make_transport", "resolve_transport",
+    "TRANSPORTS", "BucketedWeights", "gpu_uuid", "SyncHandle", "WeightSyncError", "WeightTransport", "make_transport", "resolve_transport",
 ]

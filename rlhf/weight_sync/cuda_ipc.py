@@ -24,8 +24,11 @@ from rlhf.weight_sync.buckets import BucketedWeights, unpack, pack
 _DEVICE_ARG = 6
 
 
-def _gpu_uuid(device_index: int) -> str:
-    return str(torch.cuda.get_device_properties(device_index).uuid)
+def gpu_uuid() -> str | None:
+    """The physical identity of this process's current GPU (None without CUDA): equal UUIDs = the same GPU."""
+    if not torch.cuda.is_available():
+        return None
+    return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
 
 
 class CudaIpcTransport(WeightTransport):
@@ -46,7 +49,7 @@ class CudaIpcTransport(WeightTransport):
             return None
         torch.cuda.synchronize(device)  # the engines read these buffers from another process
         handle = describe(weights, version, self.name)
-        uuid = _gpu_uuid(device.index)
+        uuid = gpu_uuid()
         self._exported = flats
         handle.payload = [{uuid: reduce_tensor(flat)[1]} for flat in flats]
         handle.peak_gathered_bytes = weights.peak_gathered_bytes
@@ -57,7 +60,7 @@ class CudaIpcTransport(WeightTransport):
 
         self._check(handle)
         device_index = torch.cuda.current_device()
-        uuid = _gpu_uuid(device_index)
+        uuid = gpu_uuid()
         for specs, per_gpu in zip(handle.buckets, handle.payload):
             if uuid not in per_gpu:
                 raise ValueError(

@@ -178,6 +178,12 @@ class PolicyTrainer(TrainerBase):
         weights = export_merged_state_dict(self.module, gather=self._gather, collect=self.rank == 0)
         return weights if self.rank == 0 else None
 
+    def sync_device_uuid(self) -> str | None:
+        """This rank's physical GPU (None on the CPU); the driver compares it with the engines' GPUs."""
+        from rlhf.weight_sync import gpu_uuid
+
+        return gpu_uuid()
+
     def resolve_sync_transport(self, engines_share_trainer_gpu: bool) -> str:
         """rollout.sync_transport with 'auto' resolved for this trainer's device (see `rlhf.weight_sync.resolve_transport`)."""
         from rlhf.weight_sync import resolve_transport

@@ -32,7 +32,7 @@ import torch
 
 from rlhf.config import RLHFConfig
 from rlhf.data.padding import build_sequence_batch
-from rlhf.weight_sync import SyncHandle, WeightTransport, make_transport
+from rlhf.weight_sync import SyncHandle, WeightTransport, gpu_uuid, make_transport
 
 # Dotted path vLLM imports in its worker (``worker_extension_cls``).
 WORKER_EXTENSION = f"{__name__}.RolloutWorkerExtension"
@@ -57,6 +57,9 @@ class RolloutWorkerExtension:
         transport = _cached_transport(self.__dict__.setdefault("_rlhf_transports", {}), name, "auto")
         if init_kwargs:
             _join_sync_group(transport, engine_index, self.rank, init_kwargs)
+
+    def rlhf_device_uuid(self) -> str | None:
+        return gpu_uuid()
 
     def rlhf_load_weights(self, handle: SyncHandle) -> None:
         transport = _cached_transport(self.__dict__.setdefault("_rlhf_transports", {}), handle.transport, "auto")
@@ -108,6 +111,12 @@ class RolloutEngine:
     def version(self) -> int:
         return self._version
 
+    def sync_device_uuids(self) -> list[str | None]:
+        """The physical GPU of each of this engine's workers (None on the CPU)."""
+        if self._backend == "vllm":
+            return list(self._llm.collective_rpc("rlhf_device_uuid"))
+        return [gpu_uuid() if self._device == "cuda" else None]
+
     def init_weight_sync(self, transport: str, engine_index: int, **init_kwargs) -> None:
         """Create the transport (resolved by the driver) in every worker; with init_kwargs, join its group.
 
@@ -135,6 +144,14 @@ class RolloutEngine:
             self._load_hf_weights(transport.receive(handle), handle)
         self._version = handle.version
         return self._version
+
+    def sleep(self) -> None:
+        """vLLM sleep level 1: weights offloaded to host memory, KV cache freed (rollout.sleep_while_training)."""
+        self._llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        """Weights back on the GPU and the KV cache reallocated; the next sync then overwrites the weights."""
+        self._llm.wake_up()
 
     def generate(
         self,
@@ -186,6 +203,8 @@ class RolloutEngine:
     def _start_vllm(self, model_path: str):
         r = self.cfg.rollout
         on_cpu = self._device == "cpu"
+        if on_cpu and r.sleep_while_training:
+            raise ValueError("rollout.sleep_while_training needs CUDA (vLLM's sleep mode); it is off on the CPU")
         if on_cpu:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(r.kv_cache_gib)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # see the module docstring
@@ -201,6 +220,7 @@ class RolloutEngine:
             gpu_memory_utilization=r.gpu_memory_utilization,
             enforce_eager=r.enforce_eager or on_cpu,
             worker_extension_cls=WORKER_EXTENSION,
+            enable_sleep_mode=r.sleep_while_training,
             # The sampled token's logprob after temperature (and top-k/top-p), i.e. under the
             # distribution it was drawn from; the default "raw_logprobs" ignores the temperature.
             logprobs_mode="processed_logprobs",

@@ -64,6 +64,28 @@ def test_resolve_transport_table():
         resolve_transport("ipc", "cpu")
 
 
+def test_lora_policy_streams_merged_weights_per_bucket(tiny_assets):
+    """A LoRA layer is one unit: its bucket carries W + scale * B @ A under the plain HF name."""
+    from rlhf.config import LoraConfig
+    from rlhf.models.loading import load_causal_lm
+    from rlhf.models.saving import export_merged_state_dict, export_units
+
+    model = load_causal_lm(tiny_assets["policy"], "float32", LoraConfig(enabled=True))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # a fresh adapter has B = 0, which would make merging a no-op
+    want = export_merged_state_dict(model)
+    weights = BucketedWeights(list(export_units(model)), bucket_bytes=2**18)
+    assert len(weights.buckets) > 2
+    got = {name: t for specs, tensors in weights for name, t in unpack(specs, pack(specs, tensors, "cpu"))}
+    assert list(got) == list(want)
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+    base = load_causal_lm(tiny_assets["policy"], "float32").state_dict()
+    assert not torch.equal(got["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+
+
 # ---------------------------------------------------------------------------- broadcast over gloo
 
 
@@ -152,24 +174,19 @@ def test_broadcast_stalled_or_lost_sender_names_role_version_and_bucket(sender_s
 # ---------------------------------------------------------------------------- Ray actors (slow)
 
 
-def ray_config(assets, **overrides):
+def ray_config(assets, engines: int, policy_ranks: int = 1, zero_stage: int = 2):
+    """CPU, hf engines, broadcast with 256 KiB buckets; ZeRO-3 partitions every parameter (threshold 0)."""
     from rlhf.config import RLHFConfig
 
-    raw = {
+    return RLHFConfig.model_validate({
         "model": {"policy": assets["policy"], "reward": assets["reward"], "critic": assets["critic"], "dtype": "float32"},
         "data": {"train": assets["prompts_train"]},
         "algorithm": {"ppo": {"rollout_batch_size": 4, "mini_batch_size": 4}},
-        "rollout": {"backend": "hf", "sync_transport": "broadcast", "sync_timeout_s": 60},
-        "resources": {"device": "cpu", "call_timeout_s": 120},
-        "trainer": {"micro_batch_size": 2, "seed": 3},
-    }
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return RLHFConfig.model_validate(raw)
+        "rollout": {"backend": "hf", "num_engines": engines, "sync_transport": "broadcast", "sync_timeout_s": 60,
+                    "sync_bucket_mb": 0.25},
+        "resources": {"device": "cpu", "call_timeout_s": 120, "policy": {"num_actors": policy_ranks}},
+        "trainer": {"micro_batch_size": 2, "seed": 3, "zero_stage": zero_stage, "zero3_persistence_threshold": 0},
+    })
 
 
 def start_sync(cfg, assets, engine_cls):
@@ -207,10 +224,7 @@ def test_zero3_policy_gathers_one_bucket_at_a_time(ray_session, tiny_assets):
 
     from rlhf.workers.rollout import RolloutEngine
 
-    cfg = ray_config(tiny_assets, **{
-        "trainer.zero_stage": 3, "trainer.zero3_persistence_threshold": 0,
-        "resources.policy.num_actors": 2, "rollout.num_engines": 2, "rollout.sync_bucket_mb": 0.25,
-    })
+    cfg = ray_config(tiny_assets, engines=2, policy_ranks=2, zero_stage=3)
     policy, rollout, sync = start_sync(cfg, tiny_assets, RolloutEngine)
     try:
         ray.get([a.__ray_call__.remote(_zero_weights) for a in rollout.actors])
@@ -257,7 +271,7 @@ def test_engine_dying_mid_sync_is_named_not_a_hang(ray_session, tiny_assets):
     from rlhf.workers.rollout import RolloutEngine
 
     engine_cls = type("DyingRolloutEngine", (DiesMidSync, RolloutEngine), {})
-    cfg = ray_config(tiny_assets, **{"rollout.num_engines": 2, "rollout.sync_bucket_mb": 0.25})
+    cfg = ray_config(tiny_assets, engines=2)
     policy, rollout, sync = start_sync(cfg, tiny_assets, engine_cls)
     try:
         with pytest.raises(RoleDiedError, match=r"rollout actor 1 died during load_weights"):

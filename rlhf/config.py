@@ -198,8 +198,21 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM memory fraction (host memory on CPU).")
     kv_cache_gib: int = Field(1, ge=1, description="CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE).")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs in vLLM.")
-    sync_transport: Literal["auto", "object_store", "nccl", "ipc"] = Field(
-        "auto", description="Weight-sync transport; 'auto' = object_store on CPU, nccl on GPU."
+    # CPU 'auto' = object_store: faster than gloo broadcast on one machine (scripts/bench_sync.py, README).
+    sync_transport: Literal["auto", "object_store", "broadcast", "ipc"] = Field(
+        "auto",
+        description="Weight-sync transport: broadcast (gloo on CPU / NCCL on CUDA), ipc (engines on the trainer's GPU), "
+        "object_store; 'auto' = broadcast on GPUs, ipc when colocated with the policy, object_store on the CPU.",
+    )
+    sync_bucket_mb: float = Field(
+        256.0, gt=0, description="Weight-sync bucket size in MiB: the unit sent, loaded and (ZeRO-3) gathered at once."
+    )
+    sleep_while_training: bool = Field(
+        False, description="GPU only: vLLM sleep mode level 1 (weights to host memory, KV cache freed) from generation "
+        "until the next weight sync, so a colocated trainer can use the GPU (resources.colocate, single-GPU runs).",
+    )
+    sync_timeout_s: float = Field(
+        300.0, gt=0, description="Limit on every wait of a weight sync (rendezvous, metadata, each bucket); the error names role and bucket."
     )
     logprob_check_tolerance: Optional[float] = Field(
         None, gt=0, description="Stop the run if rollout vs trainer logprob max diff exceeds this."
@@ -232,6 +245,9 @@ class ResourcesConfig(Section):
 
 class TrainerConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    zero3_persistence_threshold: int = Field(
+        100_000, ge=0, description="ZeRO-3: parameters with fewer elements stay whole on every rank (DeepSpeed's default)."
+    )
     learning_rate: float = Field(1e-6, gt=0, description="Policy learning rate.")
     critic_learning_rate: float = Field(5e-6, gt=0, description="Critic learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")

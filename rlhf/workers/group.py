@@ -179,10 +179,13 @@ class WorkerGroup:
 
     def run_each(self, method: str, args_per_actor: Sequence[Sequence[Any]], **kwargs) -> list:
         """Actor i gets ``method(*args_per_actor[i], **kwargs)``, concurrently; results in actor order."""
+        return self.run_each_async(method, args_per_actor, **kwargs).wait()
+
+    def run_each_async(self, method: str, args_per_actor: Sequence[Sequence[Any]], **kwargs) -> PendingCall:
         if len(args_per_actor) != len(self.actors):
             raise ValueError(f"{self.role}: {len(args_per_actor)} argument tuples for {len(self.actors)} actors")
         refs = [self._submit(i, method, *args, **kwargs) for i, args in enumerate(args_per_actor)]
-        return self._wait(refs, method, list(range(len(refs))))
+        return PendingCall(self, refs, method, list(range(len(refs))))
 
     def node_ids(self) -> list[str]:
         """The Ray node id each actor runs on (works for any actor class)."""

@@ -23,7 +23,7 @@ from rlhf.config import RLHFConfig
 from rlhf.data.collate import pairs_as_rows
 from rlhf.models.forward import masked_sequence_logprobs, next_token_logits, response_logprobs
 from rlhf.models.loading import load_causal_lm
-from rlhf.models.saving import export_merged_state_dict, is_peft_model
+from rlhf.models.saving import export_merged_state_dict, export_units, is_peft_model
 from rlhf.workers.trainer_base import Batch, MicroBatchLoss, TrainerBase
 
 
@@ -188,23 +188,59 @@ class PolicyTrainer(TrainerBase):
 
     # -- weight sync -----------------------------------------------------------------------------
     def export_weights(self) -> dict[str, torch.Tensor] | None:
-        """Rank 0: {HF name: CPU tensor}, LoRA merged in; other ranks None. All ranks call it (ZeRO-3 gathers)."""
+        """Rank 0: {HF name: CPU copy}, LoRA merged in; other ranks None. All ranks call it (ZeRO-3 gathers).
+
+        For checks and saving; syncs stream buckets on the trainer's device (`publish_weights`).
+        """
         self._require_engine()
         if not self.zero3 and self.rank != 0:
             return None
         weights = export_merged_state_dict(self.module, gather=self._gather, collect=self.rank == 0)
         return weights if self.rank == 0 else None
 
-    def publish_weights(self, version: int):
-        """Rank 0: export and send through the rollout.sync_transport; returns its SyncHandle (others None)."""
-        weights = self.export_weights()
-        if weights is None:
-            return None
+    def sync_device_uuid(self) -> str | None:
+        """This rank's physical GPU (None on the CPU); the driver compares it with the engines' GPUs."""
+        from rlhf.weight_sync import gpu_uuid
+
+        return gpu_uuid()
+
+    def resolve_sync_transport(self, engines_share_trainer_gpu: bool) -> str:
+        """rollout.sync_transport with 'auto' resolved for this trainer's device (see `rlhf.weight_sync.resolve_transport`)."""
+        from rlhf.weight_sync import resolve_transport
+
+        return resolve_transport(self.cfg.rollout.sync_transport, self.device.type, engines_share_trainer_gpu)
+
+    def init_weight_sync(self, transport: str, **init_kwargs) -> None:
+        """Create the rollout.sync_transport (resolved by the driver); rank 0 joins its group when it has one.
+
+        Broadcast: master_address, master_port, world_size, timeout_s; this rank 0 is group rank 0.
+        """
         from rlhf.weight_sync import make_transport
 
+        self._transport = make_transport(transport, self.device.type)
+        if init_kwargs and self.rank == 0:
+            self._transport.init(rank=0, role="policy rank 0", **init_kwargs)
+
+    def publish_weights(self, version: int):
+        """Send the weights as ``version`` through the transport, one bucket at a time; all ranks call.
+
+        Every rank walks the same buckets (under ZeRO-3 each bucket's parameters are gathered
+        together, then released); rank 0 sends. Returns rank 0's SyncHandle, None elsewhere.
+        """
+        from rlhf.weight_sync import BucketedWeights
+
+        self._require_engine()
         if self._transport is None:
-            self._transport = make_transport(self.cfg.rollout.sync_transport, self.device.type)
-        return self._transport.send(weights, version)
+            raise RuntimeError("policy: init_weight_sync(...) must run before publish_weights")
+        if not self.zero3 and self.rank != 0:
+            return None
+        weights = BucketedWeights(
+            list(export_units(self.module)),
+            int(self.cfg.rollout.sync_bucket_mb * 2**20),
+            gather=self._gather,
+            model_params=list(self.module.parameters()),
+        )
+        return self._transport.send(weights, version, rank=self.rank)
 
 
 def _sequence_logprobs(module, mb: Batch) -> torch.Tensor:

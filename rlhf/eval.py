@@ -100,11 +100,14 @@ def _eos_ids(model, tokenizer) -> list[int]:
 @torch.no_grad()
 def greedy_responses(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, device) -> list[tuple[list[int], bool]]:
     """(response ids up to and including the first EOS, whether it stopped at EOS) per prompt."""
+    from rlhf.models.loading import plain_generation_config
+
     eos_ids = _eos_ids(model, tokenizer)
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = collate_prompts(prompts[start : start + batch_size], tokenizer.pad_token_id)
         generated = model.generate(
+            generation_config=plain_generation_config(model),
             input_ids=batch["input_ids"].to(device),
             attention_mask=batch["attention_mask"].to(device),
             max_new_tokens=max_new_tokens,

@@ -12,7 +12,11 @@ or, for a peft (LoRA) model:
 
 `export_merged_state_dict(model)` is what weight sync sends to the rollout engines: every entry
 of the HF model's state_dict, LoRA merged in (W + scale * B @ A, computed on the side: the
-training weights are never modified), peft prefixes stripped, copied to the CPU.
+training weights are never modified), peft prefixes stripped, copied to the CPU. A parameter
+shared by several modules (tied input/output embeddings: Llama-3, Qwen2) is sent once, under
+its first name (``model.embed_tokens.weight``; ``lm_head.weight`` is left out), as
+``save_pretrained`` writes it; receivers tie it back (vLLM and transformers do for a config
+with ``tie_word_embeddings``).
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ def export_merged_state_dict(model, gather: GatherFn | None = None, collect: boo
     GatheredParameters) is entered around each module's parameters, so at most one module is
     complete in memory at once; every rank must make the same walk, and ranks that do not need
     the result pass ``collect=False`` (they take part in the gathers and copy nothing).
-    Names are those of ``hf_model(model).state_dict()``, e.g. ``model.layers.0.self_attn.q_proj.weight``.
+    Names are those of ``hf_model(model).state_dict()``, e.g. ``model.layers.0.self_attn.q_proj.weight``,
+    less the later names of a shared (tied) parameter.
     """
     from peft.tuners.lora import LoraLayer
     from peft.utils.other import ModulesToSaveWrapper
@@ -61,6 +66,7 @@ def export_merged_state_dict(model, gather: GatherFn | None = None, collect: boo
     gather = gather or _no_gather
     out: dict[str, torch.Tensor] = {}
     skip: str | None = None  # prefix of a subtree already exported as a whole
+    seen: set[int] = set()  # ids of the parameters exported so far: a tied one is sent once
     for name, module in hf_model(model).named_modules():
         if skip is not None and name.startswith(skip):
             continue
@@ -79,19 +85,21 @@ def export_merged_state_dict(model, gather: GatherFn | None = None, collect: boo
                     if collect:
                         out.update(_own_state(sub, sub_prefix))
         else:
-            with gather(_own_parameters(module)):
+            with gather(_own_parameters(module, seen)):
                 if collect:
-                    out.update(_own_state(module, prefix))
+                    out.update(_own_state(module, prefix, seen))
+            seen.update(id(p) for p in _own_parameters(module, seen))
     return out
 
 
-def _own_parameters(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module._parameters.values() if p is not None]
+def _own_parameters(module: nn.Module, seen: set[int] = frozenset()) -> list[nn.Parameter]:
+    return [p for p in module._parameters.values() if p is not None and id(p) not in seen]
 
 
-def _own_state(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    """The module's own (non-recursive) state_dict entries: parameters and persistent buffers, as CPU copies."""
-    state = {prefix + n: _cpu_copy(p) for n, p in module._parameters.items() if p is not None}
+def _own_state(module: nn.Module, prefix: str, seen: set[int] = frozenset()) -> dict[str, torch.Tensor]:
+    """The module's own (non-recursive) state_dict entries: parameters (less those in ``seen``) and
+    persistent buffers, as CPU copies."""
+    state = {prefix + n: _cpu_copy(p) for n, p in module._parameters.items() if p is not None and id(p) not in seen}
     state.update(
         {
             prefix + n: _cpu_copy(b)
@@ -135,9 +143,12 @@ def merged_model(model) -> nn.Module:
     state = export_merged_state_dict(model)
     with torch.device("meta"):
         fresh = type(base)(copy.deepcopy(base.config))
-    fresh.load_state_dict(state, strict=True, assign=True)
+    missing, unexpected = fresh.load_state_dict(state, strict=False, assign=True)
     if getattr(fresh.config, "tie_word_embeddings", False):
-        fresh.tie_weights()
+        fresh.tie_weights()  # the output embedding was exported once, as the input embedding
+    untied = [n for n, p in fresh.named_parameters() if p.is_meta]
+    if unexpected or untied:
+        raise RuntimeError(f"merged model: unexpected weights {unexpected[:3]}, weights not exported {untied[:3]} (missing {missing[:3]})")
     if getattr(base, "generation_config", None) is not None:
         fresh.generation_config = copy.deepcopy(base.generation_config)
     return fresh.eval()

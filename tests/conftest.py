@@ -57,3 +57,17 @@ def ray_session():
         ray.init(num_cpus=8, include_dashboard=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_tiny_ppo(ray_session, tiny_assets_dir, tmp_path_factory) -> dict[int, dict]:
+    """step -> metrics of the tiny PPO run with test_ppo_e2e.RESUME_SETTINGS, uninterrupted (run once per
+    session): what every interrupted-and-resumed run must reproduce."""
+    from test_ppo_e2e import RESUME_SETTINGS, TINY, tiny_overrides
+
+    from rlhf.drivers.metrics import read_metrics
+    from rlhf.run import resolve_config, run
+
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run(resolve_config(TINY, tiny_overrides(tiny_assets_dir, out, *RESUME_SETTINGS)))
+    return {row["step"]: row for row in read_metrics(out / "metrics.jsonl")}

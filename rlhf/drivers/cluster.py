@@ -19,6 +19,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf.config import RLHFConfig
+from rlhf.registry import get_algorithm
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,8 @@ def connect_ray(cfg: RLHFConfig) -> None:
 
 
 def active_roles(cfg: RLHFConfig) -> list[str]:
-    """The roles the configured algorithm runs as separate actors."""
-    algo = cfg.algorithm.name
-    if algo == "ppo":
-        roles = ["policy", "reward", "critic", "rollout"]
-        if not cfg.model.reference_from_base:
-            roles.insert(1, "reference")
-        return roles
-    if algo == "dpo":
-        return ["policy"] if cfg.model.reference_from_base else ["policy", "reference"]
-    return ["policy"]
+    """The roles the configured algorithm runs as separate actors (its registry entry says which)."""
+    return get_algorithm(cfg.algorithm.name).roles(cfg)
 
 
 def role_specs(cfg: RLHFConfig) -> dict[str, RoleSpec]:

@@ -33,7 +33,7 @@ from rlhf.algorithms.reward import pairwise_accuracy
 from rlhf.config import RLHFConfig
 from rlhf.data.collate import collate_preference, pairs_as_rows
 from rlhf.data.datasets import load_preference_dataset
-from rlhf.drivers.offline import OfflineDriver, chunks, load_splits, start_group
+from rlhf.drivers.offline import OfflineDriver, chunks, load_splits
 from rlhf.workers.group import WorkerGroup
 from rlhf.workers.policy import PolicyTrainer
 from rlhf.workers.reference import ReferenceWorker
@@ -57,9 +57,9 @@ class DPODriver(OfflineDriver):
 
     def create_roles(self) -> dict[str, WorkerGroup]:
         cfg = self.cfg
-        groups = {"policy": start_group(cfg, self.pools, PolicyTrainer, cfg, self.total_steps, role="policy", pool="policy")}
+        groups = {"policy": self.start_group(PolicyTrainer, cfg, self.total_steps, role="policy", pool="policy")}
         if not cfg.model.reference_from_base:
-            groups["reference"] = start_group(cfg, self.pools, ReferenceWorker, cfg, role="reference", pool="reference")
+            groups["reference"] = self.start_group(ReferenceWorker, cfg, role="reference", pool="reference")
         return groups
 
     def before_training(self) -> None:
@@ -118,7 +118,3 @@ class DPODriver(OfflineDriver):
             "eval/rewards/chosen": chosen.mean().item(),
             "eval/rewards/rejected": rejected.mean().item(),
         }
-
-
-def run_dpo(cfg: RLHFConfig) -> dict:
-    return DPODriver(cfg).run()

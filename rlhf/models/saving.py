@@ -10,20 +10,23 @@ or, for a peft (LoRA) model:
     out_dir/merged/              the full model with the adapter merged in, plus the tokenizer
                                  (AutoModelForCausalLM.from_pretrained(out_dir / "merged"), or vLLM)
 
-`export_merged_state_dict(model)` is what weight sync sends to the rollout engines: every entry
-of the HF model's state_dict, LoRA merged in (W + scale * B @ A, computed on the side: the
-training weights are never modified), peft prefixes stripped, copied to the CPU. A parameter
-shared by several modules (tied input/output embeddings: Llama-3, Qwen2) is sent once, under
-its first name (``model.embed_tokens.weight``; ``lm_head.weight`` is left out), as
-``save_pretrained`` writes it; receivers tie it back (vLLM and transformers do for a config
-with ``tie_word_embeddings``).
+`export_units(model)` is what weight sync sends to the rollout engines, one module at a time:
+every entry of the HF model's state_dict, LoRA merged in (W + scale * B @ A, computed on the
+side: the training weights are never modified), peft prefixes stripped. A parameter shared by
+several modules (tied input/output embeddings: Llama-3, Qwen2) is sent once, under its first
+name (``model.embed_tokens.weight``; ``lm_head.weight`` is left out), as ``save_pretrained``
+writes it; receivers tie it back (vLLM and transformers do for ``tie_word_embeddings``).
+`export_merged_state_dict(model)` collects those entries as CPU copies.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterable
+import functools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,21 +53,35 @@ def _no_gather(params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def export_merged_state_dict(model, gather: GatherFn | None = None, collect: bool = True) -> dict[str, torch.Tensor]:
-    """{HF name: CPU tensor} for every state_dict entry of the plain HF model, LoRA merged in.
+@dataclass
+class ExportUnit:
+    """One module's share of the exported state: what to gather, what it yields, and how to read it.
 
-    The model is walked one module at a time. ``gather`` (for ZeRO-3: DeepSpeed's
-    GatheredParameters) is entered around each module's parameters, so at most one module is
-    complete in memory at once; every rank must make the same walk, and ranks that do not need
-    the result pass ``collect=False`` (they take part in the gathers and copy nothing).
-    Names are those of ``hf_model(model).state_dict()``, e.g. ``model.layers.0.self_attn.q_proj.weight``,
-    less the later names of a shared (tied) parameter.
+    ``specs`` (name, full shape, dtype) are known without gathering (ZeRO-3 keeps the full shape
+    in ``ds_shape``); ``read()`` may only be called while ``params`` are gathered and returns
+    detached tensors that can alias the live parameters (copy them before the gather ends).
+    """
+
+    params: list[nn.Parameter]
+    specs: list[tuple[str, tuple[int, ...], torch.dtype]]
+    read: Callable[[], dict[str, torch.Tensor]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(math.prod(shape) * _itemsize(dtype) for _, shape, dtype in self.specs)
+
+
+def export_units(model) -> Iterator[ExportUnit]:
+    """The plain HF model's state_dict, LoRA merged in, as units of one module each, in module order.
+
+    Names are those of ``hf_model(model).state_dict()``, e.g. ``model.layers.0.self_attn.q_proj.weight``;
+    a LoRA layer is one unit under its own name whose weight is W + scale * B @ A (computed on
+    the side: the training weights are never modified). Every rank walks the same units. A tied
+    parameter is in the unit of the first module that holds it only.
     """
     from peft.tuners.lora import LoraLayer
     from peft.utils.other import ModulesToSaveWrapper
 
-    gather = gather or _no_gather
-    out: dict[str, torch.Tensor] = {}
     skip: str | None = None  # prefix of a subtree already exported as a whole
     seen: set[int] = set()  # ids of the parameters exported so far: a tied one is sent once
     for name, module in hf_model(model).named_modules():
@@ -73,41 +90,61 @@ def export_merged_state_dict(model, gather: GatherFn | None = None, collect: boo
         prefix = f"{name}." if name else ""
         if isinstance(module, LoraLayer):
             skip = prefix
-            with gather(list(module.parameters())):
-                if collect:
-                    out.update(_merged_lora_layer(module, prefix))
+            base = module.get_base_layer()
+            specs = [s for sub_name, sub in base.named_modules() for s in _own_specs(sub, f"{prefix}{sub_name}." if sub_name else prefix)]
+            yield ExportUnit(list(module.parameters()), specs, functools.partial(_merged_lora_layer, module, prefix))
         elif isinstance(module, ModulesToSaveWrapper):
             skip = prefix
             active = module.original_module if module.disable_adapters else module.modules_to_save[module.active_adapter]
             for sub_name, sub in active.named_modules():
                 sub_prefix = f"{prefix}{sub_name}." if sub_name else prefix
-                with gather(_own_parameters(sub)):
-                    if collect:
-                        out.update(_own_state(sub, sub_prefix))
+                yield ExportUnit(_own_parameters(sub), _own_specs(sub, sub_prefix), functools.partial(_own_state, sub, sub_prefix))
         else:
-            with gather(_own_parameters(module, seen)):
-                if collect:
-                    out.update(_own_state(module, prefix, seen))
-            seen.update(id(p) for p in _own_parameters(module, seen))
+            exported = frozenset(seen)
+            specs = _own_specs(module, prefix, exported)
+            if specs:
+                yield ExportUnit(_own_parameters(module, exported), specs, functools.partial(_own_state, module, prefix, exported))
+            seen.update(id(p) for p in _own_parameters(module))
+
+
+def export_merged_state_dict(model, gather: GatherFn | None = None, collect: bool = True) -> dict[str, torch.Tensor]:
+    """{HF name: CPU copy} for every state_dict entry of the plain HF model, LoRA merged in (`export_units`).
+
+    ``gather`` (for ZeRO-3: DeepSpeed's GatheredParameters) is entered around each unit's
+    parameters, so at most one module is complete in memory at once; every rank must make the
+    same walk, and ranks that do not need the result pass ``collect=False`` (they take part in
+    the gathers and copy nothing).
+    """
+    gather = gather or _no_gather
+    out: dict[str, torch.Tensor] = {}
+    for unit in export_units(model):
+        with gather(unit.params):
+            if collect:
+                out.update({k: _cpu_copy(v) for k, v in unit.read().items()})
     return out
 
 
-def _own_parameters(module: nn.Module, seen: set[int] = frozenset()) -> list[nn.Parameter]:
-    return [p for p in module._parameters.values() if p is not None and id(p) not in seen]
+def _own_parameters(module: nn.Module, exported: frozenset[int] = frozenset()) -> list[nn.Parameter]:
+    return [p for p in module._parameters.values() if p is not None and id(p) not in exported]
 
 
-def _own_state(module: nn.Module, prefix: str, seen: set[int] = frozenset()) -> dict[str, torch.Tensor]:
-    """The module's own (non-recursive) state_dict entries: parameters (less those in ``seen``) and
-    persistent buffers, as CPU copies."""
-    state = {prefix + n: _cpu_copy(p) for n, p in module._parameters.items() if p is not None and id(p) not in seen}
-    state.update(
-        {
-            prefix + n: _cpu_copy(b)
-            for n, b in module._buffers.items()
-            if b is not None and n not in module._non_persistent_buffers_set
-        }
+def _own_entries(module: nn.Module, exported: frozenset[int] = frozenset()) -> dict[str, torch.Tensor]:
+    """The module's own (non-recursive) state_dict entries: parameters (less the ``exported`` ones,
+    by id) and persistent buffers."""
+    entries = {n: p for n, p in module._parameters.items() if p is not None and id(p) not in exported}
+    entries.update(
+        {n: b for n, b in module._buffers.items() if b is not None and n not in module._non_persistent_buffers_set}
     )
-    return state
+    return entries
+
+
+def _own_specs(module: nn.Module, prefix: str, exported: frozenset[int] = frozenset()) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    # ds_shape: a ZeRO-3 parameter's full shape while its data is partitioned away.
+    return [(prefix + n, tuple(getattr(t, "ds_shape", t.shape)), t.dtype) for n, t in _own_entries(module, exported).items()]
+
+
+def _own_state(module: nn.Module, prefix: str, exported: frozenset[int] = frozenset()) -> dict[str, torch.Tensor]:
+    return {prefix + n: t.detach() for n, t in _own_entries(module, exported).items()}
 
 
 def _merged_lora_layer(layer, prefix: str) -> dict[str, torch.Tensor]:
@@ -126,8 +163,12 @@ def _merged_lora_layer(layer, prefix: str) -> dict[str, torch.Tensor]:
             raise NotImplementedError("exporting merged DoRA weights is not supported; use plain LoRA")
         # get_delta_weight reads lora_B @ lora_A * scaling without touching any parameter.
         weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
-    state[prefix + "weight"] = _cpu_copy(weight)
+    state[prefix + "weight"] = weight
     return state
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:

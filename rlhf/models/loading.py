@@ -117,6 +117,17 @@ def _set_pad_id(model, path: str) -> None:
         model.config.pad_token_id = load_tokenizer(path).pad_token_id
 
 
+def plain_generation_config(model):
+    """The model's generation config with only its special token ids: none of the checkpoint's sampling
+    defaults (Llama-3: temperature 0.6, top-p 0.9; Qwen2: top-k 20, repetition penalty 1.05), which
+    ``generate`` would otherwise apply to every setting the caller leaves out; the caller's settings
+    then alone decide the distribution (and the logprobs the trainer recomputes)."""
+    from transformers import GenerationConfig
+
+    own = model.generation_config
+    return GenerationConfig(bos_token_id=own.bos_token_id, eos_token_id=own.eos_token_id, pad_token_id=own.pad_token_id)
+
+
 def _enable_gradient_checkpointing(model) -> None:
     # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -33,6 +33,7 @@ import torch
 from rlhf.algorithms.seeds import sampling_seeds
 from rlhf.config import RLHFConfig
 from rlhf.data.padding import build_sequence_batch
+from rlhf.models.loading import plain_generation_config
 from rlhf.data.stop_tokens import stop_token_ids
 from rlhf.data.templates import use_chat_template
 from rlhf.weight_sync import SyncHandle, WeightTransport, gpu_uuid, make_transport
@@ -286,14 +287,16 @@ class RolloutEngine:
 
     @torch.no_grad()
     def _load_hf_weights(self, weights, handle: SyncHandle) -> None:
-        params = dict(self._model.named_parameters())
+        # Every name of a tied parameter is accepted (lm_head.weight is model.embed_tokens.weight in a
+        # tied model), and a tied parameter received under any one of its names counts as received.
+        params = dict(self._model.named_parameters(remove_duplicate=False))
         received = set()
         for name, tensor in weights:
             if name not in params:
                 raise KeyError(f"weight sync v{handle.version}: the rollout model has no parameter {name!r}")
             params[name].copy_(tensor)
-            received.add(name)
-        missing = sorted(set(params) - received)
+            received.add(id(params[name]))
+        missing = sorted(name for name, p in self._model.named_parameters() if id(p) not in received)
         if missing:
             raise KeyError(f"weight sync v{handle.version}: {len(missing)} parameters not sent, e.g. {missing[:3]}")
 
@@ -305,6 +308,7 @@ class RolloutEngine:
             "do_sample": True, "temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k if r.top_k > 0 else None,
         }
         out = self._model.generate(
+            generation_config=plain_generation_config(self._model),
             input_ids=batch["input_ids"].to(self._device),
             attention_mask=batch["attention_mask"].to(self._device),
             max_new_tokens=r.max_new_tokens,

@@ -1,4 +1,4 @@
-"""Command-line entry point: `python -m rlhf.run CONFIG [key.sub=value ...] [--print-config]`.
+"""Command-line entry point: `python -m rlhf.run CONFIG [key.sub=value ...] [--print-config] [--dry-run]`.
 
 Exit codes: 0 success, 2 config, data or checkpoint error (one line, no traceback), 3 the cluster lacks
 the resources the plan needs, 1 a role failed or timed out during the run.
@@ -21,7 +21,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, values parsed as YAML")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    return parser.parse_args(argv)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="read and tokenize all data without Ray, print what the model will see, and exit (rlhf.dry_run)")
+    return parser.parse_intermixed_args(argv)  # flags may follow the overrides
 
 
 def resolve_config(path: str, overrides: list[str]) -> RLHFConfig:
@@ -30,7 +32,7 @@ def resolve_config(path: str, overrides: list[str]) -> RLHFConfig:
     if cfg.tiny_assets:
         from rlhf.tiny import build_tiny_assets
 
-        build_tiny_assets(cfg.tiny_assets)
+        build_tiny_assets(cfg.tiny_assets, family=cfg.tiny_family)
     check_paths(cfg, path)
     return cfg
 
@@ -62,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.workers.group import WorkerError
 
     try:
-        run(cfg)
+        if args.dry_run:
+            from rlhf.dry_run import dry_run
+
+            dry_run(cfg)
+        else:
+            run(cfg)
     except ConfigError as err:  # found once the roles exist, e.g. a debug.fail_at method no role has
         print(f"config error: {args.config}: {err}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from rlhf.tiny import FAMILIES
+
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> dict[str, str]:
@@ -11,6 +13,20 @@ def tiny_assets(tmp_path_factory) -> dict[str, str]:
     from rlhf.tiny import build_tiny_assets
 
     return build_tiny_assets(tmp_path_factory.mktemp("tiny_assets") / "assets", seed=0)
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family_assets(request, tmp_path_factory) -> dict[str, str]:
+    """The tiny assets of each model family in rlhf.tiny.FAMILIES (a test using it runs once per family),
+    each built once per session; the dict is build_tiny_assets' plus "family" (its name)."""
+    from rlhf.tiny import build_tiny_assets
+
+    family = request.param
+    if family == "char":
+        paths = request.getfixturevalue("tiny_assets")
+    else:
+        paths = build_tiny_assets(tmp_path_factory.mktemp(f"tiny_{family}") / "assets", seed=0, family=family)
+    return {**paths, "family": family}
 
 
 @pytest.fixture(scope="session")

@@ -119,7 +119,8 @@ def ppo_minibatch(batch: dict, old_logprobs: torch.Tensor) -> dict:
     mask = batch["response_mask"]
     # Fixed advantages of both signs: the clipped objective can only go down from ratio = 1.
     signs = torch.tensor([1.0, -1.0]).repeat(len(mask) // 2)[:, None].expand_as(mask)
-    return {**batch, "old_logprobs": old_logprobs, "advantages": signs * mask}
+    # The trainer's logprobs stand in for the engine's (algorithm.ppo.rollout_is_cap is on by default).
+    return {**batch, "old_logprobs": old_logprobs, "rollout_logprobs": old_logprobs, "advantages": signs * mask}
 
 
 # -- policy, 2 ranks, ZeRO-2 ---------------------------------------------------------------------

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from rlhf.algorithms.dpo import dpo_loss
+from rlhf.algorithms.dpo import dpo_loss, preference_logps
 from rlhf.algorithms.reward import pairwise_accuracy
 from rlhf.config import RLHFConfig
 from rlhf.data.collate import collate_preference, pairs_as_rows
@@ -80,7 +80,8 @@ class DPODriver(OfflineDriver):
                           for chunk in chunks(examples, self.eval_batch_size)])
 
     def _pair_logprobs(self, batch: dict, reference: bool) -> torch.Tensor:
-        """[B, 2] sequence logprobs of a preference batch, under the reference or the current policy."""
+        """[B, 2] sequence logprobs of a preference batch (as the loss type uses them: `preference_logps`),
+        under the reference or the current policy."""
         rows = pairs_as_rows(batch)
         if not reference:
             parts = self.trainer.scatter("sequence_logprobs", rows)
@@ -88,7 +89,7 @@ class DPODriver(OfflineDriver):
             parts = self.groups["reference"].scatter("sequence_logprobs", rows)
         else:
             parts = self.trainer.scatter("reference_sequence_logprobs", rows)
-        logps = WorkerGroup.gather_cat(parts)
+        logps = preference_logps(WorkerGroup.gather_cat(parts), rows["loss_mask"], self.dpo.loss_type)
         return logps.view(2, -1).T  # rows are all chosen, then all rejected
 
     # -- the step and the eval ----------------------------------------------------------------------

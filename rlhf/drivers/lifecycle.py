@@ -164,8 +164,10 @@ class Driver:
         if group is not None:
             group.kill()
 
-    def start_group(self, actor_cls, *init_args, role: str, pool: str | None = None, num_actors: int | None = None) -> WorkerGroup:
-        """The actors of ``role``, one per bundle of the pool planned for ``pool`` (a config role name; default ``role``)."""
+    def start_group(self, actor_cls, *init_args, role: str, pool: str | None = None, num_actors: int | None = None,
+                    index_kwarg: str | None = None) -> WorkerGroup:
+        """The actors of ``role``, one per bundle of the pool planned for ``pool`` (a config role name; default ``role``);
+        ``index_kwarg`` names a constructor keyword that gets each actor's index in the group."""
         cfg = self.cfg
         pool = pool or role
         num = num_actors if num_actors is not None else getattr(cfg.resources, pool).num_actors
@@ -178,6 +180,7 @@ class Driver:
             call_timeout_s=cfg.resources.call_timeout_s,
             startup_timeout_s=cfg.resources.startup_timeout_s,
             faults=self.faults,
+            index_kwarg=index_kwarg,
         )
 
     def _evaluate(self) -> dict[str, float]:

@@ -37,6 +37,7 @@ from rlhf.data.batch_ops import concat_rollouts, index_batch
 from rlhf.data.datasets import EpochSampler, load_prompt_dataset
 from rlhf.drivers.cluster import active_roles
 from rlhf.drivers.lifecycle import Driver
+from rlhf.drivers.weight_sync import WeightSync
 from rlhf.models.loading import load_tokenizer
 from rlhf.registry import get_algorithm, needs_reference
 from rlhf.workers.critic import CriticTrainer
@@ -68,6 +69,7 @@ class OnlineDriver(Driver):
             self.kl_ctl = FixedKLController(ppo.kl_coef)
         self.score_moments = RunningMoments() if ppo.normalize_reward else None
         self.version = 0  # weights version the rollout engines hold
+        self.weight_sync: WeightSync | None = None
 
     # -- roles --------------------------------------------------------------------------------------
     def create_roles(self) -> dict[str, WorkerGroup]:
@@ -80,8 +82,16 @@ class OnlineDriver(Driver):
             "rollout": (RolloutEngine, (cfg, cfg.model.policy)),
         }
         num = {"rollout": cfg.rollout.num_engines}
-        return {role: self.start_group(actors[role][0], *actors[role][1], role=role, num_actors=num.get(role))
+        # Each engine knows its index: its sampling seeds are keyed by it (rlhf.algorithms.seeds).
+        index_kwarg = {"rollout": "engine_index"}
+        return {role: self.start_group(actors[role][0], *actors[role][1], role=role, num_actors=num.get(role),
+                                       index_kwarg=index_kwarg.get(role))
                 for role in active_roles(cfg)}
+
+    def start_roles(self) -> None:
+        super().start_roles()
+        self.weight_sync = WeightSync(self.cfg, self.groups["policy"], self.groups["rollout"])
+        self.weight_sync.setup()  # the rendezvous, before the first step (and before a resume's sync)
 
     @property
     def trained(self) -> dict[str, str]:
@@ -105,8 +115,7 @@ class OnlineDriver(Driver):
 
     def after_resume(self) -> None:
         self.version = self.step  # one sync per step so far; the engines get that version now
-        handles = self.groups["policy"].run_all("publish_weights", self.version)
-        self.groups["rollout"].run_all("load_weights", next(h for h in handles if h is not None))
+        self.weight_sync.sync(self.version)
 
     # -- one step -------------------------------------------------------------------------------------
     def step_once(self) -> dict[str, float]:
@@ -115,6 +124,7 @@ class OnlineDriver(Driver):
 
         t0 = time.time()
         batch, prompts_text, scores, sampling = self.collect()
+        self.weight_sync.release_engines()
         t_generate = time.time() - t0
 
         t0 = time.time()
@@ -233,15 +243,15 @@ class OnlineDriver(Driver):
         current weights version. prompt_index in the result indexes ``prompt_ids``."""
         engines = self.groups["rollout"]
         shards = [list(range(len(prompt_ids)))[i :: engines.num_actors] for i in range(engines.num_actors)]
-        # same samples for the same step (and dynamic-sampling round) after a resume
-        seed = self.cfg.trainer.seed * 1_000_003 + step + round_index * 100_000_007
         outputs = engines.run_each(
             "generate",
             [([prompt_ids[i] for i in shard],) for shard in shards],
             expected_version=self.version,
             samples_per_prompt=1 if greedy else self.ppo.samples_per_prompt,
             greedy=greedy,
-            seed=seed,
+            seed=self.cfg.trainer.seed,  # keys every sample's seed with (step, round, engine): rlhf.algorithms.seeds
+            step=step,
+            round_index=round_index,
         )
         for shard, out in zip(shards, outputs):
             out["prompt_index"] = torch.as_tensor(shard, dtype=torch.long)[out["prompt_index"]]
@@ -286,13 +296,8 @@ class OnlineDriver(Driver):
 
     def sync_weights(self) -> int:
         """Publish the policy's weights as the next version and load them into every engine."""
-        version = self.version + 1
-        handles = self.groups["policy"].run_all("publish_weights", version)
-        handle = next(h for h in handles if h is not None)
-        loaded = self.groups["rollout"].run_all("load_weights", handle)
-        if any(v != version for v in loaded):
-            raise WorkerError(f"rollout engines report versions {loaded} after syncing version {version}")
-        self.version = version
+        handle = self.weight_sync.sync(self.version + 1)
+        self.version = handle.version
         return handle.total_bytes
 
     # -- eval and summary -----------------------------------------------------------------------------

@@ -86,7 +86,8 @@ class WorkerGroup:
     actor_options: Ray options for every actor (a dict) or one dict per actor (a list), e.g.
     num_cpus, num_gpus and a PlacementGroupSchedulingStrategy for its bundle. Alternatively
     ``placement_group`` with ``bundle_indices`` (one per actor) places actor i in bundle
-    bundle_indices[i]. Each actor is built as ``actor_cls(*init_args, **init_kwargs)``;
+    bundle_indices[i]. Each actor is built as ``actor_cls(*init_args, **init_kwargs)``, plus
+    ``index_kwarg=i`` (its index in the group) when ``index_kwarg`` names a keyword;
     ``actor_cls`` is a plain class (wrapped with ray.remote here) or an existing ray.remote class.
     ``faults``: the run's fault injector (debug.fail_at), consulted for every call.
     ``startup_timeout_s`` bounds `wait_ready` and `setup_distributed` (default: call_timeout_s).
@@ -103,6 +104,7 @@ class WorkerGroup:
         call_timeout_s: float = 600.0,
         placement_group=None,
         bundle_indices: Sequence[int] | None = None,
+        index_kwarg: str | None = None,
         faults: FaultInjector | None = None,
         startup_timeout_s: float | None = None,
     ):
@@ -132,7 +134,10 @@ class WorkerGroup:
                     placement_group=placement_group, placement_group_bundle_index=index
                 )
         remote_cls = actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else ray.remote(actor_cls)
-        self.actors = [remote_cls.options(**opts).remote(*init_args, **(init_kwargs or {})) for opts in per_actor]
+        self.actors = [
+            remote_cls.options(**opts).remote(*init_args, **(init_kwargs or {}), **({index_kwarg: i} if index_kwarg else {}))
+            for i, opts in enumerate(per_actor)
+        ]
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -174,10 +179,13 @@ class WorkerGroup:
 
     def run_each(self, method: str, args_per_actor: Sequence[Sequence[Any]], **kwargs) -> list:
         """Actor i gets ``method(*args_per_actor[i], **kwargs)``, concurrently; results in actor order."""
+        return self.run_each_async(method, args_per_actor, **kwargs).wait()
+
+    def run_each_async(self, method: str, args_per_actor: Sequence[Sequence[Any]], **kwargs) -> PendingCall:
         if len(args_per_actor) != len(self.actors):
             raise ValueError(f"{self.role}: {len(args_per_actor)} argument tuples for {len(self.actors)} actors")
         refs = [self._submit(i, method, *args, **kwargs) for i, args in enumerate(args_per_actor)]
-        return self._wait(refs, method, list(range(len(refs))))
+        return PendingCall(self, refs, method, list(range(len(refs))))
 
     def node_ids(self) -> list[str]:
         """The Ray node id each actor runs on (works for any actor class)."""

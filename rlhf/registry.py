@@ -57,7 +57,7 @@ class Algorithm:
 def needs_reference(cfg: RLHFConfig) -> bool:
     """An online run needs the reference's logprobs when a KL term uses them or the KL metric is asked for."""
     ppo = cfg.algorithm.ppo
-    return ppo.kl_coef > 0 or ppo.kl_controller == "adaptive" or ppo.log_kl
+    return ppo.kl_coef > 0 or ppo.kl_loss_coef > 0 or ppo.kl_controller == "adaptive" or ppo.log_kl
 
 
 def _online_roles(critic: bool) -> Callable[["RLHFConfig"], list[str]]:

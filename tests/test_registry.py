@@ -33,6 +33,7 @@ def test_no_reference_without_a_kl_term_or_metric():
     assert "reference" not in active_roles(online("grpo", kl_coef=0.0, log_kl=False))
     assert "reference" in active_roles(online("grpo", kl_coef=0.0, log_kl=True))  # the KL metric needs it
     assert "reference" in active_roles(online("grpo", kl_coef=0.0, log_kl=False, kl_controller="adaptive"))
+    assert "reference" in active_roles(online("grpo", kl_coef=0.0, log_kl=False, kl_loss_coef=0.01))  # KL as a loss term
     cfg = online("rloo")
     cfg.model.lora.enabled = True
     cfg.model.reference_from_base = True

@@ -135,6 +135,9 @@ class RolloutConfig(Section):
     logprob_check_tolerance: Optional[float] = Field(
         None, gt=0, description="Stop the run if rollout vs trainer logprob max diff exceeds this."
     )
+    max_engine_restarts: int = Field(
+        3, ge=0, description="Engines that die or hang are restarted, re-synced and their generation retried, at most this many times per run."
+    )
 
 
 class RoleResources(Section):
@@ -188,6 +191,10 @@ class LoggingConfig(Section):
     output_dir: str = Field("outputs/run", description="Where metrics.jsonl, checkpoints and the final model go.")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases logging.")
     progress_bar: bool = Field(True, description="Show a progress bar on the console.")
+    log_interval: int = Field(10, ge=1, description="Print one line of metrics on the console every N steps.")
+    verbose: bool = Field(
+        False, description="Show vLLM's, DeepSpeed's and Ray's own log lines on the console instead of <output_dir>/logs/."
+    )
 
 
 class CheckpointConfig(Section):

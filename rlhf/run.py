@@ -1,7 +1,8 @@
 """Command-line entry point: `python -m rlhf.run CONFIG [key.sub=value ...] [--print-config]`.
 
 Exit codes: 0 success, 2 config, data or checkpoint error (one line, no traceback), 3 the cluster lacks
-the resources the plan needs, 1 a role failed or timed out during the run.
+the resources the plan needs, 1 a role failed or timed out during the run, 143 stopped by SIGTERM
+after a step and its checkpoint (resume with checkpoint.resume=auto).
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def resolve_config(path: str, overrides: list[str]) -> RLHFConfig:
 
 def run(cfg: RLHFConfig):
     """Connect to (or start) Ray and run the configured algorithm's driver."""
+    from rlhf.drivers.console import quiet_console
+
+    with quiet_console(cfg):
+        return _run(cfg)
+
+
+def _run(cfg: RLHFConfig):
     from rlhf.drivers.cluster import connect_ray
 
     connect_ray(cfg)
@@ -72,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.data.errors import DataError
     from rlhf.drivers.checkpoint import CheckpointError
     from rlhf.drivers.cluster import ResourceError
+    from rlhf.drivers.preemption import EXIT_CODE as PREEMPTED, Preempted
     from rlhf.workers.faults import InjectedFault
     from rlhf.workers.group import WorkerError
 
@@ -92,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except (WorkerError, InjectedFault) as err:
         print(f"run failed: {err}", file=sys.stderr)
         return 1
+    except Preempted as err:
+        print(str(err), file=sys.stderr)
+        return PREEMPTED
     return 0
 
 

@@ -38,6 +38,7 @@ from rlhf.data.datasets import EpochSampler, TokenizedDataset
 from rlhf.data.errors import DataError
 from rlhf.drivers.checkpoint import PendingCheckpoint, read_driver_state, resolve_resume
 from rlhf.drivers.cluster import Pool, actor_options, prepare_placement, release, write_placement
+from rlhf.drivers.console import log_dir
 from rlhf.drivers.metrics import MetricsLogger
 from rlhf.models.loading import load_tokenizer
 from rlhf.workers.group import WorkerError, WorkerGroup
@@ -80,6 +81,7 @@ def start_group(cfg: RLHFConfig, pools: dict[str, Pool], actor_cls, *init_args, 
         init_args=init_args,
         call_timeout_s=cfg.resources.call_timeout_s,
         startup_timeout_s=cfg.resources.startup_timeout_s,
+        log_dir=log_dir(cfg),
     )
 
 

@@ -20,10 +20,14 @@ from rlhf.algorithms.ppo_targets import RunningMoments, adjust_scores, compute_t
 from rlhf.config import RLHFConfig, to_yaml
 from rlhf.data.batch_ops import concat_rollouts, index_batch
 from rlhf.data.datasets import EpochSampler, load_prompt_dataset
-from rlhf.drivers.checkpoint import PendingCheckpoint, read_driver_state, resolve_resume
+from rlhf.drivers.checkpoint import PendingCheckpoint, read_driver_state, resolve_resume, step_dirname
 from rlhf.drivers.cluster import Pool, actor_options, prepare_placement, release, write_placement
+from rlhf.drivers.console import log_dir
+from rlhf.drivers.engine_restart import EngineRestarter
 from rlhf.drivers.metrics import MetricsLogger
+from rlhf.drivers.preemption import Preempted, PreemptionGuard
 from rlhf.models.loading import load_tokenizer
+from rlhf.report import update_report
 from rlhf.workers.critic import CriticTrainer
 from rlhf.workers.faults import FaultInjector
 from rlhf.workers.group import WorkerError, WorkerGroup
@@ -59,6 +63,7 @@ def _group(cfg: RLHFConfig, pools: dict[str, Pool], faults: FaultInjector, role:
         call_timeout_s=cfg.resources.call_timeout_s,
         startup_timeout_s=cfg.resources.startup_timeout_s,
         faults=faults,
+        log_dir=log_dir(cfg),
     )
 
 
@@ -99,6 +104,8 @@ class PPODriver:
         self.roles: PPORoles | None = None
         self.last_checkpoint: Path | None = None
         self.faults = FaultInjector(cfg.debug.fail_at)
+        self.engine_restarts: EngineRestarter | None = None
+        self.preemption = PreemptionGuard()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> dict:
@@ -108,8 +115,10 @@ class PPODriver:
         (out / "config.yaml").write_text(to_yaml(cfg))
         self.pools = prepare_placement(cfg)
         metrics = None
+        self.preemption.install()
         try:
             self.roles = start_roles(cfg, self.pools, self.faults)
+            self.engine_restarts = EngineRestarter(self.roles.rollout, cfg.rollout.max_engine_restarts)
             self._write_placement(out)
             self._maybe_resume()
             metrics = MetricsLogger(cfg, self.ppo.num_steps, self.step)
@@ -125,6 +134,7 @@ class PPODriver:
                         self.save_checkpoint()
                 except WorkerError as err:
                     raise type(err)(f"step {self.step}: {err}") from err
+                self._stop_if_preempted()
             if self.step > first_step and (self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:06d}")):
                 self.save_checkpoint()
             # all ranks: ZeRO-3 gathers the weights on every rank, rank 0 writes them
@@ -135,6 +145,7 @@ class PPODriver:
             (out / "summary.txt").write_text(summary + "\n")
             return {"history": metrics.history, "checkpoint": str(self.last_checkpoint), "output_dir": str(out)}
         finally:
+            self.preemption.uninstall()
             if metrics is not None:
                 metrics.close()
             self._shutdown()
@@ -206,6 +217,7 @@ class PPODriver:
             "sync/seconds": t_sync,
             "sync/version": self.version,
             "sync/megabytes": sync_bytes / 2**20,
+            "rollout/engine_restarts": self.engine_restarts.restarts,
             "time/generate": t_generate,
             "time/score": t_score,
             "time/train": t_train,
@@ -221,13 +233,16 @@ class PPODriver:
         engines = self.roles.rollout
         shards = [list(range(len(prompt_ids)))[i :: engines.num_actors] for i in range(engines.num_actors)]
         seed = self.cfg.trainer.seed * 1_000_003 + step  # same samples for the same step after a resume
-        outputs = engines.run_each(
-            "generate",
-            [([prompt_ids[i] for i in shard],) for shard in shards],
-            expected_version=self.version,
-            samples_per_prompt=1 if greedy else self.ppo.samples_per_prompt,
-            greedy=greedy,
-            seed=seed,
+        outputs = self.engine_restarts.call(
+            lambda: engines.run_each(
+                "generate",
+                [([prompt_ids[i] for i in shard],) for shard in shards],
+                expected_version=self.version,
+                samples_per_prompt=1 if greedy else self.ppo.samples_per_prompt,
+                greedy=greedy,
+                seed=seed,
+            ),
+            resync=self._load_current_weights,
         )
         for shard, out in zip(shards, outputs):
             out["prompt_index"] = torch.as_tensor(shard, dtype=torch.long)[out["prompt_index"]]
@@ -267,11 +282,16 @@ class PPODriver:
         version = self.version + 1
         handles = self.roles.policy.run_all("publish_weights", version)
         handle = next(h for h in handles if h is not None)
-        loaded = self.roles.rollout.run_all("load_weights", handle)
+        loaded = self.engine_restarts.call(lambda: self.roles.rollout.run_all("load_weights", handle))
         if any(v != version for v in loaded):
             raise WorkerError(f"rollout engines report versions {loaded} after syncing version {version}")
         self.version = version
         return handle.total_bytes
+
+    def _load_current_weights(self) -> None:
+        """Every engine gets the policy's weights as version self.version (after a resume or an engine restart)."""
+        handles = self.roles.policy.run_all("publish_weights", self.version)
+        self.roles.rollout.run_all("load_weights", next(h for h in handles if h is not None))
 
     def evaluate(self) -> dict[str, float]:
         """Greedy responses to the eval prompts, scored by the reward role."""
@@ -302,8 +322,18 @@ class PPODriver:
         )
         self.last_checkpoint = pending.commit()
         log.info("checkpoint saved: %s", self.last_checkpoint)
+        update_report(self.cfg.logging.output_dir)
         self.faults.driver_point("save_checkpoint")
         return self.last_checkpoint
+
+    def _stop_if_preempted(self) -> None:
+        """After SIGTERM: checkpoint the step just finished (unless it has one) and stop."""
+        if not self.preemption.requested:
+            return
+        if self.last_checkpoint is None or self.last_checkpoint.name != step_dirname(self.step):
+            self.save_checkpoint()
+        raise Preempted(f"preempted (SIGTERM) after step {self.step}; checkpoint {self.last_checkpoint}; "
+                        "run again with checkpoint.resume=auto to continue")
 
     def _maybe_resume(self) -> None:
         ckpt = resolve_resume(self.cfg.checkpoint.resume, self.cfg.checkpoint_dir)
@@ -318,8 +348,7 @@ class PPODriver:
         if self.score_moments is not None and state["score_moments"]:
             self.score_moments.load_state_dict(state["score_moments"])
         self.version = self.step  # one sync per step so far; engines get that version now
-        handles = self.roles.policy.run_all("publish_weights", self.version)
-        self.roles.rollout.run_all("load_weights", next(h for h in handles if h is not None))
+        self._load_current_weights()
         self.last_checkpoint = ckpt
         log.info("resumed from %s at step %d (kl_coef %.4g)", ckpt, self.step, self.kl_ctl.value)
 

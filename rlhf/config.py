@@ -304,6 +304,10 @@ def _check_consistency(cfg: RLHFConfig) -> None:
         for role in group:
             if role not in ROLES:
                 raise ValueError(f"resources.colocate: unknown role {role!r}{_suggest(role, ROLES)}; roles are {', '.join(ROLES)}")
+    for role in ROLES:
+        res = getattr(cfg.resources, role)
+        if res.cpus_per_actor == 0 and res.gpus_per_actor == 0:
+            raise ValueError(f"resources.{role}.cpus_per_actor: an actor needs CPUs or GPUs, and this role has neither")
     if cfg.rollout.top_k == 0 or cfg.rollout.top_k < -1:
         raise ValueError("rollout.top_k: must be -1 (off) or >= 1")
     if cfg.debug.fail_at is not None:

@@ -217,6 +217,9 @@ class RolloutConfig(Section):
     logprob_check_tolerance: Optional[float] = Field(
         None, gt=0, description="Stop the run if rollout vs trainer logprob max diff exceeds this."
     )
+    max_engine_restarts: int = Field(
+        3, ge=0, description="Engines that die or hang are restarted, re-synced and their generation retried, at most this many times per run."
+    )
 
 
 class RoleResources(Section):
@@ -280,6 +283,10 @@ class LoggingConfig(Section):
     output_dir: str = Field("outputs/run", description="Where metrics.jsonl, checkpoints and the final model go.")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases logging.")
     progress_bar: bool = Field(True, description="Show a progress bar on the console.")
+    log_interval: int = Field(10, ge=1, description="Print one line of metrics on the console every N steps.")
+    verbose: bool = Field(
+        False, description="Show vLLM's, DeepSpeed's and Ray's own log lines on the console instead of <output_dir>/logs/."
+    )
 
 
 class CheckpointConfig(Section):
@@ -359,6 +366,10 @@ def _check_consistency(cfg: RLHFConfig) -> None:
         for role in group:
             if role not in ROLES:
                 raise ValueError(f"resources.colocate: unknown role {role!r}{_suggest(role, ROLES)}; roles are {', '.join(ROLES)}")
+    for role in ROLES:
+        res = getattr(cfg.resources, role)
+        if res.cpus_per_actor == 0 and res.gpus_per_actor == 0:
+            raise ValueError(f"resources.{role}.cpus_per_actor: an actor needs CPUs or GPUs, and this role has neither")
     if cfg.rollout.top_k == 0 or cfg.rollout.top_k < -1:
         raise ValueError("rollout.top_k: must be -1 (off) or >= 1")
     if cfg.debug.fail_at is not None:

@@ -67,8 +67,28 @@ class RolloutWorkerExtension:
 
     def rlhf_load_weights(self, handle: SyncHandle) -> None:
         transport = _cached_transport(self.__dict__.setdefault("_rlhf_transports", {}), handle.transport, "auto")
+        skip_computed_buffers(self.model_runner.get_model())
         # A streaming transport's receive is a generator: each bucket is received as the loader reaches it.
         self.reload_weights(weights_iterator=transport.receive(handle))
+
+
+def skip_computed_buffers(model: torch.nn.Module) -> None:
+    """Tell vLLM's layer-wise reload that non-persistent buffers are not weights.
+
+    `reload_weights` counts every parameter and buffer of a layer as something to load. A rotary
+    embedding's `cos_sin_cache` is a non-persistent buffer computed at start-up that no checkpoint
+    (and no sync) contains, so every reload logged "RotaryEmbedding: Failed to load weights" and
+    fell back to the cache it kept. Names in vLLM's SKIP_LOAD_TENSORS are left out of that count
+    (the buffer is still kept and restored). Buffers that alias a parameter stay counted.
+    """
+    from vllm.model_executor.model_loader.reload import meta
+
+    param_ptrs = {p.data_ptr() for p in model.parameters()}
+    for module in model.modules():
+        for name in module._non_persistent_buffers_set:
+            buffer = module._buffers.get(name)
+            if buffer is not None and buffer.data_ptr() not in param_ptrs:
+                meta.SKIP_LOAD_TENSORS.add(name)
 
 
 def _cached_transport(cache: dict[str, WeightTransport], name: str, device: str) -> WeightTransport:

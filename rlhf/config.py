@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlhf.registry import ALGORITHM_NAMES, get_algorithm
 from rlhf.tiny import FAMILIES as TINY_FAMILIES
@@ -73,6 +73,17 @@ class DataConfig(Section):
         description="Our field name -> this file's column name, applied before detection, e.g. {prompt: question, completion: answer}.",
     )
     apply_chat_template: bool = Field(True, description="Wrap prompts and responses with the chat template.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, columns: dict[str, str]) -> dict[str, str]:
+        from rlhf.data.formats import FIELD_NAMES  # imported here: the data layer imports this module
+
+        for ours in columns:
+            if ours not in FIELD_NAMES:
+                raise ValueError(f"data.columns: {ours!r} is no field of any format{_suggest(ours, FIELD_NAMES)}; "
+                                 f"fields: {', '.join(sorted(FIELD_NAMES))}")
+        return columns
     chat_template: str = Field(
         "tokenizer",
         description="The chat template: 'tokenizer' (its own), 'chatml', 'llama2', 'zephyr', or a path to a Jinja file; "

@@ -96,11 +96,11 @@ def greedy_responses(model, tokenizer, prompts, max_new_tokens: int, batch_size:
     """(response ids up to and including the first stop id, whether it stopped there) per prompt."""
     from rlhf.models.loading import plain_generation_config
 
+    model.generation_config = plain_generation_config(model)  # greedy means greedy: no repetition penalty
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = collate_prompts(prompts[start : start + batch_size], tokenizer.pad_token_id)
         generated = model.generate(
-            generation_config=plain_generation_config(model),
             input_ids=batch["input_ids"].to(device),
             attention_mask=batch["attention_mask"].to(device),
             max_new_tokens=max_new_tokens,

@@ -303,6 +303,8 @@ class RolloutEngine:
 
         torch.manual_seed(self._seed)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_TORCH_DTYPES[self.cfg.model.dtype])
+        # rollout.* alone decides the sampling distribution (and so the logprobs the trainer recomputes).
+        model.generation_config = plain_generation_config(model)
         return model.to(self._device).eval()
 
     @torch.no_grad()
@@ -328,7 +330,6 @@ class RolloutEngine:
             "do_sample": True, "temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k if r.top_k > 0 else None,
         }
         out = self._model.generate(
-            generation_config=plain_generation_config(self._model),
             input_ids=batch["input_ids"].to(self._device),
             attention_mask=batch["attention_mask"].to(self._device),
             max_new_tokens=r.max_new_tokens,

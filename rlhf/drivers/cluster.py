@@ -68,8 +68,17 @@ def active_roles(cfg: RLHFConfig) -> list[str]:
             roles.insert(1, "reference")
         return roles
     if algo == "dpo":
-        return ["policy"] if cfg.model.reference_from_base else ["policy", "reference"]
+        return ["policy", "reference"] if reference_actor_needed(cfg) else ["policy"]
     return ["policy"]
+
+
+def reference_actor_needed(cfg: RLHFConfig) -> bool:
+    """DPO: whether a reference actor runs. Not with LoRA's reference_from_base (the policy disables its
+    adapter), nor when precomputing against the initial policy (the policy scores the pairs before it trains)."""
+    if cfg.model.reference_from_base:
+        return False
+    initial_policy = cfg.model.reference in (None, cfg.model.policy)
+    return not (cfg.algorithm.dpo.precompute_ref_logprobs and initial_policy)
 
 
 def role_specs(cfg: RLHFConfig) -> dict[str, RoleSpec]:

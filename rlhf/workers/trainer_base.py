@@ -30,6 +30,7 @@ from rlhf.models.loading import device_for, load_tokenizer
 from rlhf.models.saving import save_hf
 from rlhf.workers.deepspeed_config import build_deepspeed_config, build_lr_scheduler
 from rlhf.workers.distributed import free_port, init_distributed, node_ip
+from rlhf.workers.threads import match_cpu_share
 
 LossFn = Callable[[Batch], "tuple[torch.Tensor, dict[str, torch.Tensor | float]]"]
 
@@ -98,6 +99,7 @@ class TrainerBase(RoleWorker):
     stat_prefix = "trainer"  # metric names: "<stat_prefix>/loss", ...
 
     def __init__(self, cfg: RLHFConfig, model_path: str, total_steps: int | None = None):
+        match_cpu_share()
         self.cfg = cfg
         self.model_path = model_path
         self.device = device_for(cfg)

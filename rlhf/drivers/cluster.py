@@ -19,6 +19,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf.config import RLHFConfig
+from rlhf.registry import get_algorithm
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +61,8 @@ def connect_ray(cfg: RLHFConfig) -> None:
 
 
 def active_roles(cfg: RLHFConfig) -> list[str]:
-    """The roles the configured algorithm runs as separate actors."""
-    algo = cfg.algorithm.name
-    if algo == "ppo":
-        roles = ["policy", "reward", "critic", "rollout"]
-        if not cfg.model.reference_from_base:
-            roles.insert(1, "reference")
-        return roles
-    if algo == "dpo":
-        return ["policy", "reference"] if reference_actor_needed(cfg) else ["policy"]
-    return ["policy"]
-
-
-def reference_actor_needed(cfg: RLHFConfig) -> bool:
-    """DPO: whether a reference actor runs. Not with LoRA's reference_from_base (the policy disables its
-    adapter), nor when precomputing against the initial policy (the policy scores the pairs before it trains)."""
-    if cfg.model.reference_from_base:
-        return False
-    initial_policy = cfg.model.reference in (None, cfg.model.policy)
-    return not (cfg.algorithm.dpo.precompute_ref_logprobs and initial_policy)
+    """The roles the configured algorithm runs as separate actors (its registry entry says which)."""
+    return get_algorithm(cfg.algorithm.name).roles(cfg)
 
 
 def role_specs(cfg: RLHFConfig) -> dict[str, RoleSpec]:

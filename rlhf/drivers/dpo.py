@@ -35,14 +35,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlhf.algorithms.dpo import dpo_loss
+from rlhf.algorithms.dpo import dpo_loss, preference_logps
 from rlhf.algorithms.reward import pairwise_accuracy
 from rlhf.config import RLHFConfig
 from rlhf.data.collate import collate_preference, pairs_as_rows
 from rlhf.data.datasets import load_preference_dataset
 from rlhf.drivers.checkpoint import CheckpointError
-from rlhf.drivers.cluster import reference_actor_needed
-from rlhf.drivers.offline import OfflineDriver, chunks, load_splits, start_group
+from rlhf.drivers.cluster import active_roles
+from rlhf.drivers.offline import OfflineDriver, chunks, load_splits
 from rlhf.workers.group import WorkerGroup
 from rlhf.workers.policy import PolicyTrainer
 from rlhf.workers.reference import ReferenceWorker
@@ -68,9 +68,9 @@ class DPODriver(OfflineDriver):
 
     def create_roles(self) -> dict[str, WorkerGroup]:
         cfg = self.cfg
-        groups = {"policy": start_group(cfg, self.pools, PolicyTrainer, cfg, self.total_steps, role="policy", pool="policy")}
-        if reference_actor_needed(cfg):
-            groups["reference"] = start_group(cfg, self.pools, ReferenceWorker, cfg, role="reference", pool="reference")
+        groups = {"policy": self.start_group(PolicyTrainer, cfg, self.total_steps, role="policy", pool="policy")}
+        if "reference" in active_roles(cfg):
+            groups["reference"] = self.start_group(ReferenceWorker, cfg, role="reference", pool="reference")
         return groups
 
     def before_training(self) -> None:
@@ -120,7 +120,8 @@ class DPODriver(OfflineDriver):
                           for chunk in chunks(examples, self.eval_batch_size)])
 
     def _pair_logprobs(self, batch: dict, reference: bool) -> torch.Tensor:
-        """[B, 2] sequence logprobs of a preference batch, under the reference or the current policy."""
+        """[B, 2] sequence logprobs of a preference batch (as the loss type uses them: `preference_logps`),
+        under the reference or the current policy."""
         rows = pairs_as_rows(batch)
         if not reference:
             parts = self.trainer.scatter("sequence_logprobs", rows)
@@ -130,7 +131,7 @@ class DPODriver(OfflineDriver):
             parts = self.trainer.scatter("reference_sequence_logprobs", rows)
         else:  # precomputing before the first update: the policy is still the reference
             parts = self.trainer.scatter("sequence_logprobs", rows)
-        logps = WorkerGroup.gather_cat(parts)
+        logps = preference_logps(WorkerGroup.gather_cat(parts), rows["loss_mask"], self.dpo.loss_type)
         return logps.view(2, -1).T  # rows are all chosen, then all rejected
 
     # -- the step and the eval ----------------------------------------------------------------------
@@ -159,7 +160,3 @@ class DPODriver(OfflineDriver):
             "eval/rewards/chosen": chosen.mean().item(),
             "eval/rewards/rejected": rejected.mean().item(),
         }
-
-
-def run_dpo(cfg: RLHFConfig) -> dict:
-    return DPODriver(cfg).run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.config import LoraConfig, RLHFConfig
+from rlhf.data.templates import use_chat_template
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -40,11 +41,12 @@ def device_for(cfg: RLHFConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def load_tokenizer(path: str):
-    """The tokenizer at ``path``, with a pad token (EOS, else UNK, when it has none) and left padding."""
+def load_tokenizer(path: str, chat_template: str = "tokenizer"):
+    """The tokenizer at ``path``, with a pad token (EOS, else UNK, when it has none), left padding
+    and the chat template ``chat_template`` names (`rlhf.data.templates`; saved with it)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = use_chat_template(AutoTokenizer.from_pretrained(path), chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     # Prompts are left-padded so that all responses start at the same column (rlhf.data.padding).

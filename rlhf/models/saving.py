@@ -10,16 +10,20 @@ or, for a peft (LoRA) model:
     out_dir/merged/              the full model with the adapter merged in, plus the tokenizer
                                  (AutoModelForCausalLM.from_pretrained(out_dir / "merged"), or vLLM)
 
-`export_merged_state_dict(model)` is what weight sync sends to the rollout engines: every entry
-of the HF model's state_dict, LoRA merged in (W + scale * B @ A, computed on the side: the
-training weights are never modified), peft prefixes stripped, copied to the CPU.
+`export_units(model)` is what weight sync sends to the rollout engines, one module at a time:
+every entry of the HF model's state_dict, LoRA merged in (W + scale * B @ A, computed on the
+side: the training weights are never modified), peft prefixes stripped.
+`export_merged_state_dict(model)` collects those entries as CPU copies.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterable
+import functools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,20 +50,34 @@ def _no_gather(params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def export_merged_state_dict(model, gather: GatherFn | None = None, collect: bool = True) -> dict[str, torch.Tensor]:
-    """{HF name: CPU tensor} for every state_dict entry of the plain HF model, LoRA merged in.
+@dataclass
+class ExportUnit:
+    """One module's share of the exported state: what to gather, what it yields, and how to read it.
 
-    The model is walked one module at a time. ``gather`` (for ZeRO-3: DeepSpeed's
-    GatheredParameters) is entered around each module's parameters, so at most one module is
-    complete in memory at once; every rank must make the same walk, and ranks that do not need
-    the result pass ``collect=False`` (they take part in the gathers and copy nothing).
-    Names are those of ``hf_model(model).state_dict()``, e.g. ``model.layers.0.self_attn.q_proj.weight``.
+    ``specs`` (name, full shape, dtype) are known without gathering (ZeRO-3 keeps the full shape
+    in ``ds_shape``); ``read()`` may only be called while ``params`` are gathered and returns
+    detached tensors that can alias the live parameters (copy them before the gather ends).
+    """
+
+    params: list[nn.Parameter]
+    specs: list[tuple[str, tuple[int, ...], torch.dtype]]
+    read: Callable[[], dict[str, torch.Tensor]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(math.prod(shape) * _itemsize(dtype) for _, shape, dtype in self.specs)
+
+
+def export_units(model) -> Iterator[ExportUnit]:
+    """The plain HF model's state_dict, LoRA merged in, as units of one module each, in module order.
+
+    Names are those of ``hf_model(model).state_dict()``, e.g. ``model.layers.0.self_attn.q_proj.weight``;
+    a LoRA layer is one unit under its own name whose weight is W + scale * B @ A (computed on
+    the side: the training weights are never modified). Every rank walks the same units.
     """
     from peft.tuners.lora import LoraLayer
     from peft.utils.other import ModulesToSaveWrapper
 
-    gather = gather or _no_gather
-    out: dict[str, torch.Tensor] = {}
     skip: str | None = None  # prefix of a subtree already exported as a whole
     for name, module in hf_model(model).named_modules():
         if skip is not None and name.startswith(skip):
@@ -67,21 +85,35 @@ def export_merged_state_dict(model, gather: GatherFn | None = None, collect: boo
         prefix = f"{name}." if name else ""
         if isinstance(module, LoraLayer):
             skip = prefix
-            with gather(list(module.parameters())):
-                if collect:
-                    out.update(_merged_lora_layer(module, prefix))
+            base = module.get_base_layer()
+            specs = [s for sub_name, sub in base.named_modules() for s in _own_specs(sub, f"{prefix}{sub_name}." if sub_name else prefix)]
+            yield ExportUnit(list(module.parameters()), specs, functools.partial(_merged_lora_layer, module, prefix))
         elif isinstance(module, ModulesToSaveWrapper):
             skip = prefix
             active = module.original_module if module.disable_adapters else module.modules_to_save[module.active_adapter]
             for sub_name, sub in active.named_modules():
                 sub_prefix = f"{prefix}{sub_name}." if sub_name else prefix
-                with gather(_own_parameters(sub)):
-                    if collect:
-                        out.update(_own_state(sub, sub_prefix))
+                yield ExportUnit(_own_parameters(sub), _own_specs(sub, sub_prefix), functools.partial(_own_state, sub, sub_prefix))
         else:
-            with gather(_own_parameters(module)):
-                if collect:
-                    out.update(_own_state(module, prefix))
+            specs = _own_specs(module, prefix)
+            if specs:
+                yield ExportUnit(_own_parameters(module), specs, functools.partial(_own_state, module, prefix))
+
+
+def export_merged_state_dict(model, gather: GatherFn | None = None, collect: bool = True) -> dict[str, torch.Tensor]:
+    """{HF name: CPU copy} for every state_dict entry of the plain HF model, LoRA merged in (`export_units`).
+
+    ``gather`` (for ZeRO-3: DeepSpeed's GatheredParameters) is entered around each unit's
+    parameters, so at most one module is complete in memory at once; every rank must make the
+    same walk, and ranks that do not need the result pass ``collect=False`` (they take part in
+    the gathers and copy nothing).
+    """
+    gather = gather or _no_gather
+    out: dict[str, torch.Tensor] = {}
+    for unit in export_units(model):
+        with gather(unit.params):
+            if collect:
+                out.update({k: _cpu_copy(v) for k, v in unit.read().items()})
     return out
 
 
@@ -89,17 +121,22 @@ def _own_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module._parameters.values() if p is not None]
 
 
-def _own_state(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    """The module's own (non-recursive) state_dict entries: parameters and persistent buffers, as CPU copies."""
-    state = {prefix + n: _cpu_copy(p) for n, p in module._parameters.items() if p is not None}
-    state.update(
-        {
-            prefix + n: _cpu_copy(b)
-            for n, b in module._buffers.items()
-            if b is not None and n not in module._non_persistent_buffers_set
-        }
+def _own_entries(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's own (non-recursive) state_dict entries: parameters and persistent buffers."""
+    entries = {n: p for n, p in module._parameters.items() if p is not None}
+    entries.update(
+        {n: b for n, b in module._buffers.items() if b is not None and n not in module._non_persistent_buffers_set}
     )
-    return state
+    return entries
+
+
+def _own_specs(module: nn.Module, prefix: str) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    # ds_shape: a ZeRO-3 parameter's full shape while its data is partitioned away.
+    return [(prefix + n, tuple(getattr(t, "ds_shape", t.shape)), t.dtype) for n, t in _own_entries(module).items()]
+
+
+def _own_state(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + n: t.detach() for n, t in _own_entries(module).items()}
 
 
 def _merged_lora_layer(layer, prefix: str) -> dict[str, torch.Tensor]:
@@ -118,8 +155,12 @@ def _merged_lora_layer(layer, prefix: str) -> dict[str, torch.Tensor]:
             raise NotImplementedError("exporting merged DoRA weights is not supported; use plain LoRA")
         # get_delta_weight reads lora_B @ lora_A * scaling without touching any parameter.
         weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
-    state[prefix + "weight"] = _cpu_copy(weight)
+    state[prefix + "weight"] = weight
     return state
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:

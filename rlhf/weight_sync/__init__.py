@@ -1,44 +1,54 @@
-"""Moving trainer weights into the rollout engines: one interface, several transports."""
+"""Moving trainer weights into the rollout engines: one interface, a table of transports.
+
+| transport      | how                                              | where                                   |
+|----------------|--------------------------------------------------|-----------------------------------------|
+| `broadcast`    | a gloo (CPU) / NCCL (CUDA) group, bucket stream  | engines on other devices or nodes       |
+| `ipc`          | CUDA IPC handles of flat buckets                 | engines sharing the trainer's GPU       |
+| `object_store` | flat buckets through Ray's object store          | anywhere, no rendezvous                 |
+"""
 
 from __future__ import annotations
 
-from rlhf.weight_sync.base import SyncHandle, WeightTransport
+from rlhf.weight_sync.base import SyncHandle, WeightSyncError, WeightTransport
+from rlhf.weight_sync.broadcast import BroadcastTransport
+from rlhf.weight_sync.buckets import BucketedWeights
+from rlhf.weight_sync.cuda_ipc import CudaIpcTransport, gpu_uuid
+from rlhf.weight_sync.object_store import ObjectStoreTransport
 
-TRANSPORTS = ("object_store", "nccl", "ipc")
+TRANSPORTS: dict[str, type[WeightTransport]] = {
+    "broadcast": BroadcastTransport,
+    "ipc": CudaIpcTransport,
+    "object_store": ObjectStoreTransport,
+}
+
+# 'auto' on the CPU: the object store, measured faster here than gloo broadcast over loopback
+# (scripts/bench_sync.py; figures in README's weight-sync notes).
+CPU_AUTO = "object_store"
+
+
+def resolve_transport(name: str, device: str, engines_share_trainer_gpu: bool = False) -> str:
+    """The transport 'auto' (or ``name``) means for ``device`` ('cpu' | 'cuda').
+
+    auto: on CUDA, ipc when the engines share the trainer's GPU, else broadcast; on the CPU, CPU_AUTO.
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"weight sync: device must be 'cpu' or 'cuda', got {device!r}")
+    if name == "auto":
+        if device == "cpu":
+            return CPU_AUTO
+        return "ipc" if engines_share_trainer_gpu else "broadcast"
+    if name not in TRANSPORTS:
+        raise ValueError(f"weight sync: unknown transport {name!r}; choose one of auto, {', '.join(TRANSPORTS)}")
+    if name == "ipc" and device != "cuda":
+        raise ValueError("weight sync: the 'ipc' transport needs CUDA devices; on the CPU use broadcast or object_store")
+    return name
 
 
 def make_transport(name: str, device: str) -> WeightTransport:
-    """The transport called ``name`` ('auto', 'object_store', 'nccl', 'ipc') for ``device`` ('cpu', 'cuda', 'auto').
-
-    'auto' picks the object store on the CPU and NCCL on CUDA. The GPU transports refuse a CPU
-    device up front, so a config mistake fails at start-up instead of inside a sync.
-    """
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"weight sync: device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-    if name == "auto":
-        name = "object_store" if device == "cpu" else "nccl"
-    if name not in TRANSPORTS:
-        raise ValueError(f"weight sync: unknown transport {name!r}; choose one of auto, {', '.join(TRANSPORTS)}")
-    if name in ("nccl", "ipc") and device != "cuda":
-        raise ValueError(
-            f"weight sync: the {name!r} transport needs CUDA devices, but the device is {device!r}; "
-            "use rollout.sync_transport=object_store (or auto) on the CPU"
-        )
-    if name == "object_store":
-        from rlhf.weight_sync.object_store import ObjectStoreTransport
-
-        return ObjectStoreTransport()
-    if name == "nccl":
-        from rlhf.weight_sync.nccl import NcclTransport
-
-        return NcclTransport()
-    from rlhf.weight_sync.cuda_ipc import CudaIpcTransport
-
-    return CudaIpcTransport()
+    """A fresh transport called ``name`` (already resolved, not 'auto') for ``device``."""
+    return TRANSPORTS[resolve_transport(name, device)](device)
 
 
-__all__ = ["TRANSPORTS", "SyncHandle", "WeightTransport", "make_transport"]
+__all__ = [
+    "TRANSPORTS", "BucketedWeights", "gpu_uuid", "SyncHandle", "WeightSyncError", "WeightTransport", "make_transport", "resolve_transport",
+]

@@ -1,10 +1,12 @@
 """The weight-sync interface: the trainer's rank 0 sends, every rollout engine receives.
 
-The driver never touches tensors. It asks the policy's rank 0 to publish (``send``), gets a
-small picklable `SyncHandle` back, and forwards that handle to every rollout engine, whose
-``receive`` yields ``(hf_name, tensor)`` pairs in the handle's order. Names are Hugging Face
-parameter names (``model.layers.0.self_attn.q_proj.weight``), full weights (a LoRA adapter is
-merged by the trainer before sending).
+The driver never touches tensors. Handle-based transports (object store, CUDA IPC): the policy's
+rank 0 publishes (``send``), returns a small picklable `SyncHandle`, and the driver forwards it to
+every engine, whose ``receive`` yields ``(hf_name, tensor)`` pairs. Streaming transports
+(broadcast): the driver calls ``send`` on the trainer and ``receive`` on every engine at once;
+the metadata and the buckets travel over the sync group itself, and the driver only passes each
+engine the version it must end up with. Names are Hugging Face parameter names
+(``model.layers.0.self_attn.q_proj.weight``), full weights (LoRA merged per bucket by the trainer).
 """
 
 from __future__ import annotations
@@ -16,79 +18,80 @@ from typing import Any
 
 import torch
 
+from rlhf.weight_sync.buckets import BucketedWeights, TensorSpec
+
+
+class WeightSyncError(RuntimeError):
+    """A weight sync failed or timed out; the message names the role, the version and the bucket."""
+
 
 @dataclass
 class SyncHandle:
-    """What the driver forwards from the trainer to the engines: metadata plus a transport payload.
+    """One sync: its version, transport, bucket layout and (handle-based transports) a payload.
 
     ``payload`` is transport-specific and kept inside a list: for the object store it is
     ``[ObjectRef]``; Ray resolves only top-level ObjectRef arguments, so a nested one reaches
     the engine as a reference and the engine fetches it itself (from shared memory when local).
+    A streaming transport's engines get a handle with only version and transport set.
     """
 
     version: int
     transport: str
-    names: list[str]
-    shapes: list[tuple[int, ...]]
-    dtypes: list[str]  # torch dtype names without the "torch." prefix, e.g. "bfloat16"
-    total_bytes: int
+    buckets: list[list[TensorSpec]] = field(default_factory=list)
     payload: list[Any] = field(default_factory=list)
+    peak_gathered_bytes: int = 0  # sender side: see `BucketedWeights.peak_gathered_bytes`
+
+    @property
+    def specs(self) -> list[TensorSpec]:
+        return [s for bucket in self.buckets for s in bucket]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    @property
+    def dtypes(self) -> list[str]:
+        return [s.dtype for s in self.specs]
 
     @property
     def num_tensors(self) -> int:
-        return len(self.names)
+        return len(self.specs)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.nbytes for s in self.specs)
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def dtype_from_name(name: str) -> torch.dtype:
-    dtype = getattr(torch, name, None)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    raise ValueError(f"unknown torch dtype {name!r} in a weight-sync handle")
-
-
-def describe(named_tensors: dict[str, torch.Tensor], version: int, transport: str) -> SyncHandle:
-    """A handle with the metadata of ``named_tensors`` (in dict order) and an empty payload."""
-    if not named_tensors:
-        raise ValueError("weight sync: no tensors to send")
-    tensors = list(named_tensors.values())
-    return SyncHandle(
-        version=int(version),
-        transport=transport,
-        names=list(named_tensors),
-        shapes=[tuple(t.shape) for t in tensors],
-        dtypes=[dtype_name(t.dtype) for t in tensors],
-        total_bytes=sum(t.numel() * t.element_size() for t in tensors),
-    )
+def describe(weights: BucketedWeights, version: int, transport: str) -> SyncHandle:
+    """A handle with the bucket layout of ``weights`` and an empty payload."""
+    return SyncHandle(version=int(version), transport=transport, buckets=[list(b) for b in weights.buckets])
 
 
 class WeightTransport(ABC):
     """Moves one full set of named weights from the trainer's rank 0 into rollout engines.
 
-    ``send`` runs in the trainer's rank-0 process, ``receive`` in each engine process (inside
-    the vLLM worker that owns the model). Transports that need a rendezvous (NCCL) are set up
-    by an ``init(...)`` call on both sides before the first send.
+    ``send`` runs in the trainer's rank-0 process (on every rank of a ZeRO-3 group, so that all
+    take part in the per-bucket gathers; only rank 0 sends), ``receive`` in each engine process
+    (inside the vLLM worker that owns the model). Transports that need a rendezvous (broadcast)
+    are set up by an ``init(...)`` call on every side at once before the first send.
     """
 
     name: str
+    streaming = False  # True: engines receive while the trainer sends (the driver calls both at once)
+
+    def __init__(self, device: str = "cpu"):
+        self.device = torch.device(device)
 
     @abstractmethod
-    def send(self, named_tensors: dict[str, torch.Tensor], version: int) -> SyncHandle:
-        """Publish ``named_tensors`` as weight version ``version``; return the handle for the driver."""
+    def send(self, weights: BucketedWeights, version: int, rank: int = 0) -> SyncHandle | None:
+        """Publish ``weights`` as weight version ``version``; rank 0 returns the handle, other ranks None."""
 
     @abstractmethod
     def receive(self, handle: SyncHandle) -> Iterable[tuple[str, torch.Tensor]]:
-        """The published ``(name, tensor)`` pairs, in the handle's order."""
+        """The published ``(name, tensor)`` pairs, in bucket order."""
 
     def wait(self) -> None:
-        """Sender side: block until the last send no longer reads the trainer's tensors.
-
-        The trainer must call this before it next changes its weights. Transports whose
-        ``send`` copies synchronously (the object store) return at once.
-        """
+        """Sender side: block until the last send no longer reads the trainer's tensors."""
 
     def close(self) -> None:
         """Release communicators or buffers; the transport is not used afterwards."""

@@ -1,9 +1,11 @@
 """Weight sync through Ray's object store: works on any cluster, CPU or GPU, with no rendezvous.
 
-The sender copies every tensor once into the object store (as raw bytes, so bfloat16 travels
-too) under a single ObjectRef; engines on the same node read it zero-copy from shared memory,
-engines on other nodes pull it over Ray's object transfer. The object lives as long as some
-handle holding its ref does (Ray's reference counting, with the trainer process as owner).
+The sender copies each bucket once into the object store as one flat byte buffer (so bfloat16
+travels too), all buckets under a single ObjectRef; engines on the same node read them
+zero-copy from shared memory, engines on other nodes pull them over Ray's object transfer. The
+object lives as long as some handle holding its ref does (Ray's reference counting, with the
+trainer process as owner). Every bucket exists at once in the store: for models too large for
+that, use the broadcast transport.
 """
 
 from __future__ import annotations
@@ -13,20 +15,24 @@ from collections.abc import Iterable
 
 import torch
 
-from rlhf.weight_sync.base import SyncHandle, WeightTransport, describe, dtype_from_name
+from rlhf.weight_sync.base import SyncHandle, WeightTransport, describe
+from rlhf.weight_sync.buckets import BucketedWeights, bucket_nbytes, pack, unpack
 
 
 class ObjectStoreTransport(WeightTransport):
     name = "object_store"
 
-    def send(self, named_tensors: dict[str, torch.Tensor], version: int) -> SyncHandle:
+    def send(self, weights: BucketedWeights, version: int, rank: int = 0) -> SyncHandle | None:
         import ray
 
-        handle = describe(named_tensors, version, self.name)
-        # numpy byte views of the tensors: Ray stores numpy buffers out of band, so ray.get on the
+        # numpy views of the flat buffers: Ray stores numpy buffers out of band, so ray.get on the
         # same node maps them from shared memory instead of unpickling a copy.
-        buffers = [t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy() for t in named_tensors.values()]
+        buffers = [pack(specs, tensors, "cpu").numpy() for specs, tensors in weights if rank == 0]
+        if rank != 0:
+            return None  # it took part in the gathers
+        handle = describe(weights, version, self.name)
         handle.payload = [ray.put(buffers)]
+        handle.peak_gathered_bytes = weights.peak_gathered_bytes
         return handle
 
     def receive(self, handle: SyncHandle) -> Iterable[tuple[str, torch.Tensor]]:
@@ -34,12 +40,12 @@ class ObjectStoreTransport(WeightTransport):
 
         self._check(handle)
         buffers = ray.get(handle.payload[0])
-        if len(buffers) != handle.num_tensors:
-            raise ValueError(f"weight sync v{handle.version}: {len(buffers)} buffers for {handle.num_tensors} names")
+        if [len(b) for b in buffers] != [bucket_nbytes(specs) for specs in handle.buckets]:
+            raise ValueError(f"weight sync v{handle.version}: the stored buckets do not match the handle's layout")
         out = []
         with warnings.catch_warnings():
             # The shared-memory buffers are read-only; the engine only copies from them.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            for name, buf, shape, dtype in zip(handle.names, buffers, handle.shapes, handle.dtypes):
-                out.append((name, torch.from_numpy(buf).view(dtype_from_name(dtype)).reshape(shape)))
+            for specs, buf in zip(handle.buckets, buffers):
+                out.extend(unpack(specs, torch.from_numpy(buf)))
         return out

@@ -68,7 +68,7 @@ def build_deepspeed_config(
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": gas,
         "gradient_clipping": trainer.max_grad_norm,
-        "zero_optimization": {"stage": trainer.zero_stage},
+        "zero_optimization": {"stage": trainer.zero_stage, "stage3_param_persistence_threshold": trainer.zero3_persistence_threshold},
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": dtype == "bfloat16"},
         "fp16": {"enabled": dtype == "float16", "loss_scale": 0, "initial_scale_power": 16},

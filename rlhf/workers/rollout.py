@@ -30,9 +30,12 @@ from typing import Any
 
 import torch
 
+from rlhf.algorithms.seeds import sampling_seeds
 from rlhf.config import RLHFConfig
 from rlhf.data.padding import build_sequence_batch
-from rlhf.weight_sync import SyncHandle, WeightTransport, make_transport
+from rlhf.data.stop_tokens import stop_token_ids
+from rlhf.data.templates import use_chat_template
+from rlhf.weight_sync import SyncHandle, WeightTransport, gpu_uuid, make_transport
 
 # Dotted path vLLM imports in its worker (``worker_extension_cls``).
 WORKER_EXTENSION = f"{__name__}.RolloutWorkerExtension"
@@ -53,23 +56,32 @@ class RolloutWorkerExtension:
     ``model.load_weights`` after start-up fails on the CPU backend).
     """
 
-    def rlhf_init_transport(self, name: str, init_kwargs: dict[str, Any]) -> None:
+    def rlhf_init_transport(self, name: str, engine_index: int, init_kwargs: dict[str, Any]) -> None:
         transport = _cached_transport(self.__dict__.setdefault("_rlhf_transports", {}), name, "auto")
         if init_kwargs:
-            kwargs = dict(init_kwargs)
-            kwargs["rank"] = kwargs.pop("rank_offset") + self.rank  # one group rank per vLLM worker
-            transport.init(**kwargs)
+            _join_sync_group(transport, engine_index, self.rank, init_kwargs)
+
+    def rlhf_device_uuid(self) -> str | None:
+        return gpu_uuid()
 
     def rlhf_load_weights(self, handle: SyncHandle) -> None:
         transport = _cached_transport(self.__dict__.setdefault("_rlhf_transports", {}), handle.transport, "auto")
+        # A streaming transport's receive is a generator: each bucket is received as the loader reaches it.
         self.reload_weights(weights_iterator=transport.receive(handle))
 
 
 def _cached_transport(cache: dict[str, WeightTransport], name: str, device: str) -> WeightTransport:
-    """One transport per name and process: NCCL's keeps its communicator between syncs."""
+    """One transport per name and process: broadcast's keeps its group between syncs."""
     if name not in cache:
-        cache[name] = make_transport(name, device)
+        cache[name] = make_transport(name, _resolve_device(device))
     return cache[name]
+
+
+def _join_sync_group(transport: WeightTransport, engine_index: int, worker_rank: int, init_kwargs: dict[str, Any]) -> None:
+    """One group rank per engine worker: rank_offset (this engine's first rank) + the worker's TP rank."""
+    kwargs = dict(init_kwargs)
+    rank = kwargs.pop("rank_offset") + worker_rank
+    transport.init(rank=rank, role=f"rollout engine {engine_index} worker {worker_rank}", **kwargs)
 
 
 class RolloutEngine:
@@ -84,8 +96,9 @@ class RolloutEngine:
         self._backend = cfg.rollout.backend
         self._device = _resolve_device(cfg.resources.device)
         self._seed = cfg.trainer.seed + engine_index
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.eos_ids = _eos_ids(model_path, self.tokenizer)
+        self.tokenizer = use_chat_template(AutoTokenizer.from_pretrained(model_path), cfg.data.chat_template)
+        # The stop set the training data ends its responses with (rlhf.data.stop_tokens).
+        self.eos_ids = stop_token_ids(self.tokenizer, model_path, cfg.data.apply_chat_template)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
         if self._backend == "vllm":
@@ -102,20 +115,30 @@ class RolloutEngine:
     def version(self) -> int:
         return self._version
 
-    def init_transport(self, name: str, **init_kwargs) -> None:
-        """GPU transports only: join the trainer's sync group (NCCL: master_address, master_port,
-        rank_offset = this engine's first rank in the group, world_size)."""
+    def sync_device_uuids(self) -> list[str | None]:
+        """The physical GPU of each of this engine's workers (None on the CPU)."""
         if self._backend == "vllm":
-            self._llm.collective_rpc("rlhf_init_transport", args=(name, init_kwargs))
+            return list(self._llm.collective_rpc("rlhf_device_uuid"))
+        return [gpu_uuid() if self._device == "cuda" else None]
+
+    def init_weight_sync(self, transport: str, engine_index: int, **init_kwargs) -> None:
+        """Create the transport (resolved by the driver) in every worker; with init_kwargs, join its group.
+
+        Broadcast: master_address, master_port, world_size, timeout_s; every worker of the engine
+        joins at once, as group rank 1 + engine_index * tensor_parallel_size + its TP rank.
+        """
+        self.engine_index = engine_index
+        if init_kwargs:
+            init_kwargs["rank_offset"] = 1 + engine_index * self.cfg.rollout.tensor_parallel_size
+        if self._backend == "vllm":
+            self._llm.collective_rpc("rlhf_init_transport", args=(transport, engine_index, init_kwargs))
         else:
-            transport = _cached_transport(self._transports, name, self._device)
+            sync = _cached_transport(self._transports, transport, self._device)
             if init_kwargs:
-                kwargs = dict(init_kwargs)
-                kwargs["rank"] = kwargs.pop("rank_offset")
-                transport.init(**kwargs)
+                _join_sync_group(sync, engine_index, 0, init_kwargs)
 
     def load_weights(self, handle: SyncHandle) -> int:
-        """Receive the weights published as ``handle`` and load them; returns the new version."""
+        """Receive the weights of ``handle`` (a streaming transport: of its version) and load them; returns the new version."""
         if self._backend == "vllm":
             self._llm.collective_rpc("rlhf_load_weights", args=(handle,))
             # Cached prefixes hold keys/values computed with the old weights.
@@ -126,6 +149,14 @@ class RolloutEngine:
         self._version = handle.version
         return self._version
 
+    def sleep(self) -> None:
+        """vLLM sleep level 1: weights offloaded to host memory, KV cache freed (rollout.sleep_while_training)."""
+        self._llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        """Weights back on the GPU and the KV cache reallocated; the next sync then overwrites the weights."""
+        self._llm.wake_up()
+
     def generate(
         self,
         prompt_token_ids: list[list[int]],
@@ -133,10 +164,17 @@ class RolloutEngine:
         samples_per_prompt: int = 1,
         greedy: bool = False,
         seed: int | None = None,
+        step: int = 0,
+        round_index: int = 0,
     ) -> dict:
         """Sample ``samples_per_prompt`` responses per prompt, prompt-major (prompt 0's samples first).
 
-        ``seed``: sampling seed of prompt i is seed + i, so the same call gives the same samples.
+        ``seed`` (trainer.seed), ``step`` and ``round_index`` (a dynamic-sampling round within the step):
+        sample s of this call (prompt-major) is drawn with
+        `rlhf.algorithms.seeds.sampling_seed(seed, step, engine_index, s, round_index)`, so the same call gives
+        the same samples, and no two steps, engines or samples share a seed. vLLM then gets one
+        request per sample (the repeated prompt hits its prefix cache); the transformers backend
+        samples the whole batch from one generator seeded with sample 0's seed.
         Returns the `build_sequence_batch` tensors (input_ids, attention_mask [B, P+R],
         response_mask [B, R]) plus rollout_logprobs [B, R] (0 on padding), finished_with_eos [B]
         (the response ended on EOS or a stop string, not at max_new_tokens), prompt_index [B]
@@ -154,12 +192,14 @@ class RolloutEngine:
         prompts = [p for p in prompt_token_ids for _ in range(samples_per_prompt)]
         # vLLM and transformers both refuse several greedy samples per prompt (they would be
         # identical), so greedy decoding gets each prompt repeated instead.
-        engine_prompts, n = (prompts, 1) if greedy else (prompt_token_ids, samples_per_prompt)
+        # Seeded sampling gets one request per sample too, each with its own seed.
+        seeds = None if seed is None or greedy else sampling_seeds(seed, step, self.engine_index, len(prompts), round_index)
+        engine_prompts, n = (prompts, 1) if greedy or seeds else (prompt_token_ids, samples_per_prompt)
         if self._backend == "vllm":
-            responses, logprobs, finished = self._generate_vllm(engine_prompts, n, greedy, seed)
+            responses, logprobs, finished = self._generate_vllm(engine_prompts, n, greedy, seeds)
         else:
-            if seed is not None:
-                torch.manual_seed(seed)
+            if seeds:
+                torch.manual_seed(seeds[0])
             responses, logprobs, finished = self._generate_hf(engine_prompts, n, greedy)
         batch = build_sequence_batch(prompts, responses, self.pad_id)
         width = batch["response_mask"].shape[1]
@@ -176,6 +216,8 @@ class RolloutEngine:
     def _start_vllm(self, model_path: str):
         r = self.cfg.rollout
         on_cpu = self._device == "cpu"
+        if on_cpu and r.sleep_while_training:
+            raise ValueError("rollout.sleep_while_training needs CUDA (vLLM's sleep mode); it is off on the CPU")
         if on_cpu:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(r.kv_cache_gib)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # see the module docstring
@@ -191,6 +233,7 @@ class RolloutEngine:
             gpu_memory_utilization=r.gpu_memory_utilization,
             enforce_eager=r.enforce_eager or on_cpu,
             worker_extension_cls=WORKER_EXTENSION,
+            enable_sleep_mode=r.sleep_while_training,
             # The sampled token's logprob after temperature (and top-k/top-p), i.e. under the
             # distribution it was drawn from; the default "raw_logprobs" ignores the temperature.
             logprobs_mode="processed_logprobs",
@@ -212,11 +255,11 @@ class RolloutEngine:
             seed=seed,
         )
 
-    def _generate_vllm(self, prompt_token_ids, samples_per_prompt, greedy, seed):
+    def _generate_vllm(self, prompt_token_ids, samples_per_prompt, greedy, seeds: list[int] | None):
         from vllm.inputs import TokensPrompt
 
-        # A seed per prompt (seed + i) makes the samples reproducible, e.g. after a resume.
-        params = [self._sampling_params(samples_per_prompt, greedy, None if seed is None else seed + i)
+        # A seed per request (one sample each when seeded) makes the samples reproducible, e.g. after a resume.
+        params = [self._sampling_params(samples_per_prompt, greedy, None if seeds is None else seeds[i])
                   for i in range(len(prompt_token_ids))]
         outputs = self._llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_token_ids],
@@ -311,20 +354,3 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def _eos_ids(model_path: str, tokenizer) -> list[int]:
-    """EOS ids from the model's generation_config.json (may be a list), else the tokenizer's."""
-    ids: list[int] = []
-    try:
-        from transformers import GenerationConfig
-
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-        ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
-    except OSError:
-        pass
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    if not ids:
-        raise ValueError(f"{model_path}: no EOS token id in generation_config.json or the tokenizer")
-    return ids

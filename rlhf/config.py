@@ -181,7 +181,12 @@ class DPOConfig(Section):
     )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO / robust DPO label noise.")
     nll_coef: float = Field(0.0, ge=0, description="Weight of an NLL term on the chosen response (RPO).")
-    precompute_ref_logprobs: bool = Field(False, description="Compute reference logprobs once up front and free the reference.")
+    precompute_ref_logprobs: bool = Field(
+        True,
+        description="Score every pair with the reference once before the first step (saved in <output_dir>/"
+        "reference_logprobs.safetensors for resumes). With the initial policy as reference no reference actor starts: "
+        "the policy scores the pairs itself. false: a live reference actor scores each step's pairs.",
+    )
 
 
 class RMConfig(Section):

@@ -35,6 +35,7 @@ from rlhf.registry import get_algorithm
 from rlhf.workers.checkpoint_files import load_rng_state, save_rng_state, weights_only_deepspeed_loads
 from rlhf.workers.deepspeed_config import build_deepspeed_config, build_lr_scheduler
 from rlhf.workers.distributed import free_port, init_distributed, node_ip
+from rlhf.workers.threads import match_cpu_share
 
 
 
@@ -98,6 +99,7 @@ class TrainerBase(RoleWorker):
     stat_prefix = "trainer"  # metric names: "<stat_prefix>/loss", ...
 
     def __init__(self, cfg: RLHFConfig, model_path: str, total_steps: int | None = None):
+        match_cpu_share()
         self.cfg = cfg
         self.model_path = model_path
         self.device = device_for(cfg)

@@ -309,8 +309,15 @@ class OnlineDriver(Driver):
         return _mean_stats(stats)
 
     def sync_weights(self) -> int:
-        """Publish the policy's weights as the next version and load them into every engine."""
-        handle = self.weight_sync.sync(self.version + 1)
+        """Publish the policy's weights as the next version and load them into every engine.
+
+        With the object store an engine lost while loading is replaced and the sync repeated; a streaming
+        transport (broadcast) cannot take a new member mid-collective, so there a lost engine stops the run."""
+        version = self.version + 1
+        if self.weight_sync.streaming:
+            handle = self.weight_sync.sync(version)
+        else:
+            handle = self.engine_restarts.call(lambda: self.weight_sync.sync(version), resync=self._resync_engines)
         self.version = handle.version
         return handle.total_bytes
 

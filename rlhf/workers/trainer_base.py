@@ -12,7 +12,10 @@ minibatch: the shard is cut into micro-batches of trainer.micro_batch_size; the 
 normalisers (token or row counts, `rlhf.algorithms.loss_agg`) are summed over every micro-batch
 and rank first; then each micro-batch's loss is its *share* of the step's loss (its sum over the
 step's count), so the gradient is the plain sum of the micro-batches' gradients over all ranks,
-whatever the split. The last micro-batch's `engine.step()` is the optimizer step.
+whatever the split. The last micro-batch's `engine.step()` is the optimizer step. The counts are
+all-reduced here rather than computed by the driver: only the step's loss knows which mask it is
+normalised by (response tokens, label tokens, the chosen tokens of pairs), and every driver gets
+the right normaliser without tensor math of its own, for one all-reduce of a few floats per step.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from rlhf.workers.checkpoint_files import load_rng_state, save_rng_state, weight
 from rlhf.workers.deepspeed_config import build_deepspeed_config, build_lr_scheduler
 from rlhf.workers.distributed import free_port, init_distributed, node_ip
 from rlhf.workers.threads import match_cpu_share
-
 
 
 class MicroBatchLoss(NamedTuple):

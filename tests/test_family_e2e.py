@@ -34,8 +34,8 @@ def test_family_sft_rm_ppo_and_sft_dpo(family, ray_session, tmp_path):
     root, name = family["root"], family["family"]
     picks = f"tiny_family={name}"
     sft = run(tiny_config("sft", root, tmp_path / "sft", picks, "trainer.num_epochs=6"))["history"]
-    loss = evals(sft, "eval/loss")
-    assert loss[-1][1] < 0.5 * sft[0]["loss"], (sft[0]["loss"], loss)
+    loss = evals(sft, "eval/loss")  # at step 0 and at the end
+    assert loss[-1][1] < 0.5 * loss[0][1], loss
     policy = tmp_path / "sft" / "policy"
     assert type(AutoModelForCausalLM.from_pretrained(policy)).__name__ == f"{ARCH[name]}ForCausalLM"
 
@@ -60,7 +60,10 @@ def test_family_sft_rm_ppo_and_sft_dpo(family, ray_session, tmp_path):
     assert accuracy[-1][1] > 0.5, accuracy
 
 
-def test_family_ppo_learns(family, ray_session, tmp_path):
+def test_family_ppo_learns(family, ray_session, tmp_path, request):
+    from test_family_sync import mark_vllm_tied_sync_bug
+
+    mark_vllm_tied_sync_bug(request, family)
     out = tmp_path / "ppo"
     run(resolve_config(TINY, tiny_overrides(
         family["root"], out, f"tiny_family={family['family']}", "algorithm.ppo.num_steps=14",

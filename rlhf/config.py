@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rlhf.registry import ALGORITHM_NAMES, get_algorithm
+from rlhf.tiny import FAMILIES as TINY_FAMILIES
 
 ROLES = ("policy", "reference", "reward", "critic", "rollout")
+# data.chat_template values that are not paths (rlhf.data.templates.CHAT_TEMPLATES plus 'tokenizer').
+CHAT_TEMPLATE_NAMES = ("tokenizer", "chatml", "llama2", "zephyr")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -59,9 +64,39 @@ class DataConfig(Section):
     train: str = Field("", description="Training data: a .jsonl/.json/.parquet file, a datasets.save_to_disk dir, or a hub name.")
     eval: Optional[str] = Field(None, description="Held-out data in the same format as `train`.")
     format: Literal[
-        "auto", "prompt", "messages", "prompt_completion", "prompt_chosen_rejected", "chat_pairs", "hh_rlhf", "stack_exchange"
-    ] = Field("auto", description="Row format; 'auto' detects it from the first row's keys.")
-    apply_chat_template: bool = Field(True, description="Wrap prompts and responses with the tokenizer's chat template.")
+        "auto", "prompt", "messages", "prompt_completion", "openorca", "alpaca", "sharegpt", "oasst_tree",
+        "prompt_chosen_rejected", "chat_pairs", "hh_rlhf", "stack_exchange", "orca_dpo_pairs", "ultrafeedback",
+        "helpsteer", "ranked", "unpaired",
+    ] = Field("auto", description="Row format (table in rlhf/data/formats.py); 'auto' detects it from the first row's keys.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Our field name -> this file's column name, applied before detection, e.g. {prompt: question, completion: answer}.",
+    )
+    apply_chat_template: bool = Field(True, description="Wrap prompts and responses with the chat template.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, columns: dict[str, str]) -> dict[str, str]:
+        from rlhf.data.formats import FIELD_NAMES  # imported here: the data layer imports this module
+
+        for ours in columns:
+            if ours not in FIELD_NAMES:
+                raise ValueError(f"data.columns: {ours!r} is no field of any format{_suggest(ours, FIELD_NAMES)}; "
+                                 f"fields: {', '.join(sorted(FIELD_NAMES))}")
+        return columns
+    chat_template: str = Field(
+        "tokenizer",
+        description="The chat template: 'tokenizer' (its own), 'chatml', 'llama2', 'zephyr', or a path to a Jinja file; "
+        "saved with every checkpoint's tokenizer.",
+    )
+    system_prompt: Optional[str] = Field(None, description="Prepended as a system turn to conversations that have none.")
+    pairing: Literal["all", "best_vs_rest", "best_vs_worst"] = Field(
+        "all", description="Pairs from scored/ranked responses: all K(K-1)/2, the best vs each lower one, or best vs worst."
+    )
+    score_attribute: Optional[str] = Field(
+        None, description="Score that ranks responses: UltraFeedback 'overall_score' (default), 'fine-grained_score' or an "
+        "aspect; a HelpSteer attribute ('helpfulness', default)."
+    )
     max_prompt_len: int = Field(256, ge=1, description="Prompt token limit.")
     max_response_len: int = Field(256, ge=1, description="Response token limit for SFT/DPO/RM data.")
     truncation: Literal["error", "left", "right"] = Field(
@@ -80,7 +115,31 @@ class PPOConfig(Section):
     samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
     mini_batch_size: int = Field(64, ge=1, description="Samples per optimizer step (across all data-parallel actors).")
-    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip epsilon (symmetric: ratio clipped to [1-clip_eps, 1+clip_eps]).")
+    # -- policy-gradient loss options (rlhf.algorithms.policy_loss), shared with the critic-free algorithms
+    policy_loss_type: Literal["ppo", "gspo"] = Field(
+        "ppo",
+        description="Importance ratio: 'ppo' per token r_t = pi/pi_old; 'gspo' per sequence, the geometric mean of its "
+        "token ratios (GSPO, arXiv 2507.18071; its paper objective also sets trainer.loss_agg_mode=seq_mean_token_mean "
+        "and small clip ranges, e.g. 3e-4/4e-4).",
+    )
+    clip_eps_low: Optional[float] = Field(None, gt=0, lt=1, description="Lower clip: ratio >= 1 - clip_eps_low; null = clip_eps.")
+    clip_eps_high: Optional[float] = Field(
+        None, gt=0, description="Upper clip: ratio <= 1 + clip_eps_high; null = clip_eps. DAPO's clip-higher uses 0.28 with 0.2 below (arXiv 2503.14476)."
+    )
+    clip_ratio_c: Optional[float] = Field(
+        3.0, gt=1, description="Dual clip for negative advantages (Ye et al. 2020): the surrogate is at least clip_ratio_c * A when A < 0; null = off."
+    )
+    kl_loss_coef: float = Field(
+        0.0, ge=0, description="KL(policy || reference) as a loss term with this weight (as GRPO); independent of kl_coef (KL in the reward)."
+    )
+    kl_loss_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator of the KL loss term (GRPO uses k3).")
+    rollout_is_cap: Optional[float] = Field(
+        2.0,
+        gt=0,
+        description="Truncated importance sampling against the rollout engine: each token's policy-gradient term is weighted by "
+        "min(pi_trainer_old / pi_rollout, cap) (Yao et al. 2025), correcting engine/trainer mismatch (bf16 engines); null = off.",
+    )
     value_clip: Optional[float] = Field(0.2, gt=0, description="Value clip range; null disables clipping.")
     value_loss_coef: float = Field(1.0, gt=0, description="Scale of the critic loss.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient.")
@@ -91,19 +150,43 @@ class PPOConfig(Section):
     kl_controller: Literal["fixed", "adaptive"] = Field("fixed", description="Keep kl_coef fixed or adapt it (Ziegler et al. 2019).")
     kl_target: float = Field(6.0, gt=0, description="Adaptive controller: target KL per sequence.")
     kl_horizon: int = Field(10000, ge=1, description="Adaptive controller: horizon in samples.")
-    whiten_advantages: bool = Field(True, description="Normalise advantages to zero mean, unit variance per batch.")
+    whiten_advantages: bool = Field(True, description="GAE (ppo) only: normalise advantages to zero mean, unit variance per batch.")
     normalize_reward: bool = Field(False, description="Scale scores by a running std before shaping.")
     reward_clip: Optional[float] = Field(None, gt=0, description="Clip scores to [-reward_clip, reward_clip].")
     missing_eos_penalty: Optional[float] = Field(None, description="Subtract this from the score of responses that never emitted EOS.")
     eval_interval: int = Field(0, ge=0, description="Score the eval prompts every N steps (0 = never).")
+    log_kl: bool = Field(
+        True, description="Measure KL(policy || reference) every step even when kl_coef is 0; false (with kl_coef 0 and a "
+        "fixed controller) starts no reference role."
+    )
+    dynamic_sampling: bool = Field(
+        False, description="DAPO dynamic sampling: drop groups whose rewards are all equal, sample more prompts until "
+        "rollout_batch_size groups remain."
+    )
+    dynamic_sampling_max_rounds: int = Field(
+        4, ge=1, description="Dynamic sampling: at most this many generation rounds per step; a batch still short "
+        "is filled with dropped groups (which carry no advantage)."
+    )
+    overlong_buffer: Optional[int] = Field(
+        None, ge=1, description="DAPO overlong soft penalty: the last N tokens before rollout.max_new_tokens are "
+        "penalised linearly, down to -overlong_penalty at the limit (null = off)."
+    )
+    overlong_penalty: float = Field(1.0, ge=0, description="Overlong soft penalty at max_new_tokens (DAPO: 1.0).")
 
 
 class DPOConfig(Section):
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the implicit reward.")
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="DPO loss variant.")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="DPO loss variant; ipo uses length-averaged log-probabilities, as in its paper."
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO / robust DPO label noise.")
     nll_coef: float = Field(0.0, ge=0, description="Weight of an NLL term on the chosen response (RPO).")
-    precompute_ref_logprobs: bool = Field(False, description="Compute reference logprobs once up front and free the reference.")
+    precompute_ref_logprobs: bool = Field(
+        True,
+        description="Score every pair with the reference once before the first step (saved in <output_dir>/"
+        "reference_logprobs.safetensors for resumes). With the initial policy as reference no reference actor starts: "
+        "the policy scores the pairs itself. false: a live reference actor scores each step's pairs.",
+    )
 
 
 class RMConfig(Section):
@@ -111,8 +194,10 @@ class RMConfig(Section):
 
 
 class AlgorithmConfig(Section):
-    name: Literal["ppo", "dpo", "sft", "rm"] = Field("ppo", description="Which training loop to run.")
-    ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO hyperparameters.")
+    name: Literal[ALGORITHM_NAMES] = Field("ppo", description="Which algorithm to run (`rlhf.registry.ALGORITHMS`).")
+    ppo: PPOConfig = Field(
+        default_factory=PPOConfig, description="Online RL hyperparameters (ppo, grpo, dr_grpo, rloo, reinforce_pp, ...)."
+    )
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO hyperparameters.")
     rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model training hyperparameters.")
 
@@ -149,6 +234,9 @@ class RolloutConfig(Section):
     logprob_check_tolerance: Optional[float] = Field(
         None, gt=0, description="Stop the run if rollout vs trainer logprob max diff exceeds this."
     )
+    max_engine_restarts: int = Field(
+        3, ge=0, description="Engines that die or hang are restarted, re-synced and their generation retried, at most this many times per run."
+    )
 
 
 class RoleResources(Section):
@@ -169,6 +257,9 @@ class ResourcesConfig(Section):
     )
     placement_timeout_s: float = Field(60.0, gt=0, description="Give up if placement groups are not ready in this time.")
     call_timeout_s: float = Field(600.0, gt=0, description="Timeout for every remote call; the error names the role.")
+    startup_timeout_s: Optional[float] = Field(
+        None, gt=0, description="Timeout for actors to start (load models, form process groups); null = call_timeout_s."
+    )
     ray_address: Optional[str] = Field(None, description="Ray address; default: RAY_ADDRESS or the job's cluster, else a local one.")
 
 
@@ -185,6 +276,13 @@ class TrainerConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup in optimizer steps.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     micro_batch_size: int = Field(4, ge=1, description="Samples per forward/backward on each actor.")
+    loss_agg_mode: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = Field(
+        "token_mean",
+        description="How per-token losses (PPO policy/value/entropy, SFT, the DPO NLL term) are aggregated over the whole "
+        "optimizer step, across micro-batches and actors, so the update does not depend on the split. With loss l, mask m, "
+        "n_b = sum_t m[b,t]: token_mean = sum_{b,t} m*l / sum_{b,t} m; seq_mean_token_sum = sum_b sum_t m*l / #rows; "
+        "seq_mean_token_mean = sum_b (sum_t m*l / n_b) / #rows (rows with n_b > 0). Per-pair losses (DPO, RM) are means over pairs.",
+    )
     train_batch_size: int = Field(32, ge=1, description="SFT/DPO/RM: samples (or pairs) per optimizer step across actors.")
     num_epochs: int = Field(1, ge=1, description="SFT/DPO/RM: passes over the training data.")
     max_steps: Optional[int] = Field(None, ge=1, description="SFT/DPO/RM: stop after this many optimizer steps.")
@@ -202,6 +300,10 @@ class LoggingConfig(Section):
     output_dir: str = Field("outputs/run", description="Where metrics.jsonl, checkpoints and the final model go.")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases logging.")
     progress_bar: bool = Field(True, description="Show a progress bar on the console.")
+    log_interval: int = Field(10, ge=1, description="Print one line of metrics on the console every N steps.")
+    verbose: bool = Field(
+        False, description="Show vLLM's, DeepSpeed's and Ray's own log lines on the console instead of <output_dir>/logs/."
+    )
 
 
 class CheckpointConfig(Section):
@@ -209,6 +311,34 @@ class CheckpointConfig(Section):
     interval: int = Field(0, ge=0, description="Save every N steps (0 = only at the end).")
     keep: int = Field(2, ge=1, description="Keep the newest N checkpoints.")
     resume: str = Field("auto", description="'auto' = newest complete checkpoint if any, 'never', or a checkpoint path.")
+
+
+DRIVER_FAULT_METHODS = ("train_step", "save_checkpoint")
+
+
+class FailAtConfig(Section):
+    role: Literal["driver", "policy", "reference", "reward", "critic", "rollout"] = Field(
+        ..., description="Who fails: a role's actor, or the driver process itself."
+    )
+    step: int = Field(..., ge=1, description="The training step during which the fault happens.")
+    method: Optional[str] = Field(
+        None,
+        description="The driver-called method that fails (e.g. values, ppo_step, generate, load_weights); null = the "
+        "role's first call in that step. Role driver: train_step (start of the step) or save_checkpoint (right after "
+        "that step's checkpoint is complete).",
+    )
+    mode: Literal["raise", "exit", "hang", "sigterm"] = Field(
+        "raise",
+        description="raise: an exception inside the actor; exit: the process ends at once (os._exit(1)); hang: the call "
+        "blocks past resources.call_timeout_s; sigterm (driver only): the driver is sent SIGTERM, as by a preemption.",
+    )
+    actor: int = Field(0, ge=0, description="Which actor of the role (data-parallel rank or engine index).")
+
+
+class DebugConfig(Section):
+    fail_at: Optional[FailAtConfig] = Field(
+        None, description="Deterministic fault injection for tests and drills: make one actor or the driver fail at an exact step."
+    )
 
 
 class RLHFConfig(Section):
@@ -220,8 +350,12 @@ class RLHFConfig(Section):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Optimisation.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics and outputs.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints and resume.")
+    debug: DebugConfig = Field(default_factory=DebugConfig, description="Fault injection (tests, drills).")
     tiny_assets: Optional[str] = Field(
         None, description="CPU demos/tests: build the tiny models and datasets into this dir first if missing."
+    )
+    tiny_family: Literal[TINY_FAMILIES] = Field(
+        "char", description="Model family of the tiny_assets build (rlhf.tiny): char, llama3, qwen2 or mistral."
     )
 
     @model_validator(mode="after")
@@ -236,44 +370,11 @@ class RLHFConfig(Section):
 
 def _check_consistency(cfg: RLHFConfig) -> None:
     """Cross-field rules; raises ValueError('key: reason') so the loader can prefix the file."""
-    algo = cfg.algorithm.name
     if not cfg.model.policy:
         raise ValueError("model.policy: required")
     if not cfg.data.train:
         raise ValueError("data.train: required")
-    micro, n_policy = cfg.trainer.micro_batch_size, cfg.resources.policy.num_actors
-    if algo == "ppo":
-        ppo = cfg.algorithm.ppo
-        if not (cfg.model.reward or cfg.model.reward_fn):
-            raise ValueError("model.reward: PPO needs model.reward or model.reward_fn")
-        if cfg.model.reward and cfg.model.reward_fn:
-            raise ValueError("model.reward_fn: set model.reward or model.reward_fn, not both")
-        if not (cfg.model.critic or cfg.model.reward):
-            raise ValueError("model.critic: PPO needs a critic model (model.critic, or model.reward to start from)")
-        samples = ppo.rollout_batch_size * ppo.samples_per_prompt
-        if samples % ppo.mini_batch_size:
-            raise ValueError(
-                f"algorithm.ppo.mini_batch_size: rollout_batch_size*samples_per_prompt={samples} "
-                f"is not a multiple of mini_batch_size={ppo.mini_batch_size}"
-            )
-        for role in ("policy", "critic"):
-            n = getattr(cfg.resources, role).num_actors
-            if ppo.mini_batch_size % (micro * n):
-                raise ValueError(
-                    f"algorithm.ppo.mini_batch_size: {ppo.mini_batch_size} is not a multiple of "
-                    f"trainer.micro_batch_size*resources.{role}.num_actors={micro * n}"
-                )
-    else:
-        if cfg.trainer.train_batch_size % (micro * n_policy):
-            raise ValueError(
-                f"trainer.train_batch_size: {cfg.trainer.train_batch_size} is not a multiple of "
-                f"trainer.micro_batch_size*resources.policy.num_actors={micro * n_policy}"
-            )
-    dpo = cfg.algorithm.dpo
-    if algo == "dpo" and dpo.label_smoothing and dpo.loss_type not in ("sigmoid", "robust"):
-        raise ValueError(f"algorithm.dpo.label_smoothing: applies only to loss_type sigmoid and robust, not {dpo.loss_type!r}")
-    if algo == "rm" and cfg.model.lora.enabled:
-        raise ValueError("model.lora: reward-model training (algorithm.name=rm) trains all weights; set model.lora.enabled=false")
+    get_algorithm(cfg.algorithm.name).check(cfg)
     if cfg.model.reference_from_base and not cfg.model.lora.enabled:
         raise ValueError("model.reference_from_base: needs model.lora.enabled=true")
     if cfg.model.reward_fn and not re.match(r"^[\w.]+:\w+$", cfg.model.reward_fn):
@@ -282,8 +383,38 @@ def _check_consistency(cfg: RLHFConfig) -> None:
         for role in group:
             if role not in ROLES:
                 raise ValueError(f"resources.colocate: unknown role {role!r}{_suggest(role, ROLES)}; roles are {', '.join(ROLES)}")
+    for role in ROLES:
+        res = getattr(cfg.resources, role)
+        if res.cpus_per_actor == 0 and res.gpus_per_actor == 0:
+            raise ValueError(f"resources.{role}.cpus_per_actor: an actor needs CPUs or GPUs, and this role has neither")
     if cfg.rollout.top_k == 0 or cfg.rollout.top_k < -1:
         raise ValueError("rollout.top_k: must be -1 (off) or >= 1")
+    if cfg.debug.fail_at is not None:
+        _check_fail_at(cfg)
+        roles = get_algorithm(cfg.algorithm.name).roles(cfg)
+        if cfg.debug.fail_at.role not in ("driver", *roles):
+            raise ValueError(f"debug.fail_at.role: {cfg.algorithm.name} starts no {cfg.debug.fail_at.role} actor here "
+                             f"(its roles: {', '.join(roles)})")
+
+
+def _check_fail_at(cfg: RLHFConfig) -> None:
+    fail = cfg.debug.fail_at
+    if fail.role == "driver":
+        if fail.mode == "hang":
+            raise ValueError("debug.fail_at.mode: the driver cannot hang (nothing would time it out); use raise, exit or sigterm")
+        if fail.actor != 0:
+            raise ValueError("debug.fail_at.actor: the driver is one process; actor must be 0")
+        if fail.method is not None and fail.method not in DRIVER_FAULT_METHODS:
+            raise ValueError(
+                f"debug.fail_at.method: driver points are {', '.join(DRIVER_FAULT_METHODS)}, not {fail.method!r}"
+                f"{_suggest(fail.method, DRIVER_FAULT_METHODS)}"
+            )
+        return
+    if fail.mode == "sigterm":
+        raise ValueError("debug.fail_at.mode: sigterm applies to role driver only")
+    num = cfg.rollout.num_engines if fail.role == "rollout" else getattr(cfg.resources, fail.role).num_actors
+    if fail.actor >= num:
+        raise ValueError(f"debug.fail_at.actor: {fail.role} has {num} actor(s), so actor must be < {num}, got {fail.actor}")
 
 
 def _suggest(word: str, options) -> str:
@@ -342,7 +473,8 @@ def _model_at(model: type[BaseModel], path: list[str]):
 
 
 def check_paths(cfg: RLHFConfig, source: str) -> None:
-    """Model and data paths must exist unless they look like hub ids ('org/name')."""
+    """Model and data paths must exist unless they look like hub ids ('org/name'); data.chat_template
+    must name a template or an existing file."""
     candidates = {
         "model.policy": cfg.model.policy,
         "model.reference": cfg.model.reference,
@@ -354,6 +486,10 @@ def check_paths(cfg: RLHFConfig, source: str) -> None:
     for key, value in candidates.items():
         if value and not os.path.exists(value) and not _HUB_ID.match(value):
             raise ConfigError(f"{source}: {key}: path does not exist: {value}")
+    template = cfg.data.chat_template
+    if template not in CHAT_TEMPLATE_NAMES and not os.path.isfile(template):
+        raise ConfigError(f"{source}: data.chat_template: {template!r} is neither one of {', '.join(CHAT_TEMPLATE_NAMES)} "
+                          "nor an existing Jinja file")
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None, validate_paths: bool = True) -> RLHFConfig:

@@ -37,9 +37,10 @@ from rlhf.config import DataConfig, RLHFConfig
 from rlhf.data.collate import collate_preference, collate_prompts, pairs_as_rows
 from rlhf.data.datasets import load_preference_dataset, load_prompt_dataset
 from rlhf.data.errors import DataError
-from rlhf.data.formats import PREFERENCE_FORMATS, detect_format
+from rlhf.data.formats import FORMATS, detect_format
 from rlhf.data.padding import build_sequence_batch
 from rlhf.data.readers import read_rows
+from rlhf.data.stop_tokens import stop_token_ids
 
 _MODEL_SUBDIRS = ("policy", "policy_hf", "reward", "reward_hf")
 
@@ -67,7 +68,7 @@ def is_reward_model(model_dir: Path) -> bool:
 
 def is_preference_file(path: str) -> bool:
     for _, row in read_rows(path):
-        return detect_format(row) in PREFERENCE_FORMATS
+        return FORMATS[detect_format(row)].preference is not None
     raise DataError(path, None, "it has no rows")
 
 
@@ -89,18 +90,13 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
 @torch.no_grad()
-def greedy_responses(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, device) -> list[tuple[list[int], bool]]:
-    """(response ids up to and including the first EOS, whether it stopped at EOS) per prompt."""
-    eos_ids = _eos_ids(model, tokenizer)
+def greedy_responses(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, device,
+                     eos_ids: list[int]) -> list[tuple[list[int], bool]]:
+    """(response ids up to and including the first stop id, whether it stopped there) per prompt."""
+    from rlhf.models.loading import plain_generation_config
+
+    model.generation_config = plain_generation_config(model)  # greedy means greedy: no repetition penalty
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = collate_prompts(prompts[start : start + batch_size], tokenizer.pad_token_id)
@@ -177,7 +173,8 @@ def evaluate_policy(model_dir: Path, args, data_cfg: DataConfig, preference: boo
         if key not in seen:
             seen.add(key)
             prompts.append(example)
-    generated = greedy_responses(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, device)
+    stops = stop_token_ids(tokenizer, model.name_or_path, data_cfg.apply_chat_template)  # the rollout engines' stop set
+    generated = greedy_responses(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, device, stops)
     samples = [
         {"prompt": p.raw_prompt, "response": tokenizer.decode(ids, skip_special_tokens=True), "stopped": stopped}
         for p, (ids, stopped) in zip(prompts, generated)

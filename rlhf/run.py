@@ -1,7 +1,8 @@
-"""Command-line entry point: `python -m rlhf.run CONFIG [key.sub=value ...] [--print-config]`.
+"""Command-line entry point: `python -m rlhf.run CONFIG [key.sub=value ...] [--print-config] [--dry-run]`.
 
 Exit codes: 0 success, 2 config, data or checkpoint error (one line, no traceback), 3 the cluster lacks
-the resources the plan needs, 1 a role failed or timed out during the run.
+the resources the plan needs, 1 a role failed or timed out during the run, 143 stopped by SIGTERM
+after a step and its checkpoint (resume with checkpoint.resume=auto).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import sys
 
 from rlhf.config import ConfigError, RLHFConfig, check_paths, load_config, to_yaml
+from rlhf.registry import get_algorithm
 
 log = logging.getLogger("rlhf")
 
@@ -20,7 +22,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, values parsed as YAML")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    return parser.parse_args(argv)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="read and tokenize all data without Ray, print what the model will see, and exit (rlhf.dry_run)")
+    return parser.parse_intermixed_args(argv)  # flags may follow the overrides
 
 
 def resolve_config(path: str, overrides: list[str]) -> RLHFConfig:
@@ -29,32 +33,24 @@ def resolve_config(path: str, overrides: list[str]) -> RLHFConfig:
     if cfg.tiny_assets:
         from rlhf.tiny import build_tiny_assets
 
-        build_tiny_assets(cfg.tiny_assets)
+        build_tiny_assets(cfg.tiny_assets, family=cfg.tiny_family)
     check_paths(cfg, path)
     return cfg
 
 
-def run(cfg: RLHFConfig):
-    """Connect to (or start) Ray and run the configured algorithm's driver."""
+def run(cfg: RLHFConfig) -> dict:
+    """Connect to (or start) Ray and run the configured algorithm's driver (its `rlhf.registry` entry)."""
+    from rlhf.drivers.console import quiet_console
+
+    with quiet_console(cfg):
+        return _run(cfg)
+
+
+def _run(cfg: RLHFConfig) -> dict:
     from rlhf.drivers.cluster import connect_ray
 
     connect_ray(cfg)
-    name = cfg.algorithm.name
-    if name == "ppo":
-        from rlhf.drivers.ppo import run_ppo
-
-        return run_ppo(cfg)
-    if name == "dpo":
-        from rlhf.drivers.dpo import run_dpo
-
-        return run_dpo(cfg)
-    if name == "sft":
-        from rlhf.drivers.sft import run_sft
-
-        return run_sft(cfg)
-    from rlhf.drivers.rm import run_rm
-
-    return run_rm(cfg)
+    return get_algorithm(cfg.algorithm.name).driver_class()(cfg).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,10 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.data.errors import DataError
     from rlhf.drivers.checkpoint import CheckpointError
     from rlhf.drivers.cluster import ResourceError
+    from rlhf.drivers.preemption import EXIT_CODE as PREEMPTED, Preempted
+    from rlhf.workers.faults import InjectedFault
     from rlhf.workers.group import WorkerError
 
     try:
-        run(cfg)
+        if args.dry_run:
+            from rlhf.dry_run import dry_run
+
+            dry_run(cfg)
+        else:
+            run(cfg)
+    except ConfigError as err:  # found once the roles exist, e.g. a debug.fail_at method no role has
+        print(f"config error: {args.config}: {err}", file=sys.stderr)
+        return 2
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 2
@@ -85,9 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     except ResourceError as err:
         print(f"resource error: {err}", file=sys.stderr)
         return 3
-    except WorkerError as err:
+    except (WorkerError, InjectedFault) as err:
         print(f"run failed: {err}", file=sys.stderr)
         return 1
+    except Preempted as err:
+        print(str(err), file=sys.stderr)
+        return PREEMPTED
     return 0
 
 

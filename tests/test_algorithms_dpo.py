@@ -100,3 +100,46 @@ def test_unknown_loss_type_lists_valid_ones():
 def test_invalid_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         loss_of(**kwargs)
+
+
+# --- IPO on length-averaged log-probabilities ----------------------------------------------------
+
+
+def _pair_loss_from_tokens(token_logps: dict, masks: dict, loss_type: str) -> float:
+    from rlhf.algorithms.dpo import preference_logps
+    from rlhf.algorithms.logprobs import sequence_logprobs
+
+    logps = {k: preference_logps(sequence_logprobs(token_logps[k], masks[k]), masks[k], loss_type) for k in token_logps}
+    losses, _, _ = dpo_loss(logps["pc"], logps["pr"], logps["rc"], logps["rr"], beta=0.1, loss_type=loss_type)
+    return losses.item()
+
+
+def test_ipo_is_unchanged_when_every_response_is_repeated_twice():
+    # Per-token logprobs of chosen (3 tokens) and rejected (2 tokens, 1 padding) under policy and reference.
+    tokens = {
+        "pc": torch.tensor([[-0.5, -1.0, -1.5]]), "rc": torch.tensor([[-1.0, -1.0, -2.5]]),
+        "pr": torch.tensor([[-2.0, -3.0, 0.0]]), "rr": torch.tensor([[-1.5, -2.0, 0.0]]),
+    }
+    masks = {"pc": torch.tensor([[1, 1, 1]]), "rc": torch.tensor([[1, 1, 1]]),
+             "pr": torch.tensor([[1, 1, 0]]), "rr": torch.tensor([[1, 1, 0]])}
+    doubled_tokens = {k: torch.cat([v[:, masks[k][0].bool()]] * 2, dim=1) for k, v in tokens.items()}
+    doubled_masks = {k: torch.ones_like(v, dtype=torch.long) for k, v in doubled_tokens.items()}
+
+    # By hand: averages pc = -1.0, rc = -1.5, pr = -2.5, rr = -1.75; logits = (-1 + 2.5) - (-1.5 + 1.75) = 1.25
+    expected = (1.25 - 1 / (2 * 0.1)) ** 2
+    assert _pair_loss_from_tokens(tokens, masks, "ipo") == pytest.approx(expected, abs=1e-5)
+    assert _pair_loss_from_tokens(doubled_tokens, doubled_masks, "ipo") == pytest.approx(expected, abs=1e-5)
+    # The summed log-probabilities of sigmoid DPO do change: the repetition is not a no-op.
+    assert _pair_loss_from_tokens(tokens, masks, "sigmoid") != pytest.approx(
+        _pair_loss_from_tokens(doubled_tokens, doubled_masks, "sigmoid"), abs=1e-3)
+
+
+def test_preference_logps_sums_or_averages_by_loss_type():
+    from rlhf.algorithms.dpo import preference_logps
+
+    summed, mask = torch.tensor([-6.0, -3.0]), torch.tensor([[0, 1, 1, 1], [0, 0, 1, 0]])
+    assert preference_logps(summed, mask, "ipo").tolist() == [-2.0, -3.0]
+    for loss_type in ("sigmoid", "hinge", "robust"):
+        assert preference_logps(summed, mask, loss_type).tolist() == [-6.0, -3.0]
+    with pytest.raises(ValueError, match="unknown DPO loss_type 'kto'"):
+        preference_logps(summed, mask, "kto")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf.algorithms.logprobs import entropy_from_logits, logprobs_from_logits, sequence_logprobs
-from rlhf.algorithms.masked import masked_mean, masked_reduce, masked_sum, masked_var, whiten
+from rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, whiten
 from rlhf.algorithms.reward import pairwise_accuracy, pairwise_loss
 from rlhf.algorithms.sft import sft_loss
 
@@ -60,12 +60,6 @@ def test_whiten():
     close(whiten(X, MASK, shift_mean=False), shifted)
 
 
-def test_masked_reduce_token_mean_vs_seq_mean():
-    # row means 2.5 and 5: token mean 10/3, sequence mean 3.75
-    close(masked_reduce(X, MASK, "token_mean"), 10 / 3)
-    close(masked_reduce(X, MASK, "seq_mean"), (2.5 + 5.0) / 2)
-
-
 # --- logprobs and entropy ----------------------------------------------------------------------
 
 # softmax(log([1, 2, 1])) = [0.25, 0.5, 0.25]
@@ -91,6 +85,21 @@ def test_logprobs_in_bfloat16_match_float32():
     half = logprobs_from_logits(logits.bfloat16(), labels)
     assert half.dtype == torch.float32
     close(half, logprobs_from_logits(logits.bfloat16().float(), labels))
+
+
+def test_bfloat16_logits_with_temperature_match_float64():
+    # bf16 logits of a 32k vocabulary at T=0.7: dividing in bf16 (before the upcast) rounds every z
+    # to 8 significant bits and moves logprobs by ~0.1 nats; dividing after the upcast stays exact.
+    gen = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(2, 6, 32000, generator=gen)).bfloat16()
+    labels = torch.randint(0, 32000, (2, 6), generator=gen)
+    reference = torch.log_softmax(logits.double() / 0.7, dim=-1)
+    expected_logps = reference.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    expected_entropy = -(reference.exp() * reference).sum(-1)
+    close(logprobs_from_logits(logits, labels, temperature=0.7), expected_logps, tol=1e-3)
+    close(entropy_from_logits(logits, temperature=0.7), expected_entropy, tol=1e-3)
+    divided_in_bf16 = torch.log_softmax((logits / 0.7).double(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    assert (divided_in_bf16 - expected_logps).abs().max() > 1e-2  # the error this guards against
 
 
 def test_entropy_from_logits():
@@ -127,7 +136,10 @@ def test_sft_loss_token_mean_vs_seq_mean():
     # nll: row 0 = [ln 2, ln 4], row 1 = [ln 8]
     close(sft_loss(logits, labels, mask), (math.log(2) + math.log(4) + math.log(8)) / 3)  # 2 ln 2
     seq_mean = ((math.log(2) + math.log(4)) / 2 + math.log(8)) / 2  # 2.25 ln 2
-    close(sft_loss(logits, labels, mask, reduction="seq_mean"), seq_mean)
+    close(sft_loss(logits, labels, mask, loss_agg_mode="seq_mean_token_mean"), seq_mean)
+    close(sft_loss(logits, labels, mask, loss_agg_mode="seq_mean_token_sum"), (math.log(2) + math.log(4) + math.log(8)) / 2)
+    # a share of a larger step: the same sums over that step's count of 6 tokens
+    close(sft_loss(logits, labels, mask, count=6), (math.log(2) + math.log(4) + math.log(8)) / 6)
 
 
 def test_sft_loss_gradient_only_on_masked_tokens():
@@ -139,10 +151,10 @@ def test_sft_loss_gradient_only_on_masked_tokens():
     close(logits.grad[0, 0], [(0.5 - 1) / 3, 0.25 / 3, 0.25 / 3])
 
 
-def test_sft_loss_unknown_reduction():
+def test_sft_loss_unknown_aggregation():
     logits, labels, mask = sft_batch()
-    with pytest.raises(ValueError, match="token_mean, seq_mean"):
-        sft_loss(logits, labels, mask, reduction="mean")
+    with pytest.raises(ValueError, match="token_mean, seq_mean_token_sum, seq_mean_token_mean"):
+        sft_loss(logits, labels, mask, loss_agg_mode="mean")
 
 
 # --- reward model ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""PPO math against hand-computed values: KL estimators, reward shaping, GAE, losses, KL controllers."""
+"""PPO math against hand-computed values: KL estimators, reward shaping, GAE, value loss, KL controllers."""
 
 import math
 
@@ -11,7 +11,6 @@ from rlhf.algorithms.ppo import (
     explained_variance,
     gae,
     kl_estimate,
-    policy_loss,
     shape_rewards,
     value_loss,
     whiten,
@@ -102,89 +101,6 @@ def test_gae_rows_are_independent_and_detached():
     close(advantages, [[0.0, -1.0], [0.0, -4.0]])
     close(returns, [[1.0, 1.0], [0.0, 0.0]])
     assert not advantages.requires_grad and not returns.requires_grad
-
-
-# --- policy loss -------------------------------------------------------------------------------
-
-# Four tokens, clip_eps = 0.2:
-#   ratio 1.0, A = +1 -> min(1.0, 1.0)   = 1.0   not clipped
-#   ratio 1.5, A = +1 -> min(1.5, 1.2)   = 1.2   CLIPPED
-#   ratio 0.5, A = +1 -> min(0.5, 0.8)   = 0.5   not clipped
-#   ratio 1.1, A = -2 -> min(-2.2, -2.2) = -2.2  not clipped (inside the range)
-RATIOS = [1.0, 1.5, 0.5, 1.1]
-ADVANTAGES = [1.0, 1.0, 1.0, -2.0]
-
-
-def four_token_batch():
-    old_logp = torch.tensor([[-1.0, -2.0, -0.5, -3.0, 7.0]])  # last position is padding
-    logp = old_logp + torch.log(torch.tensor([RATIOS + [50.0]]))
-    advantages = torch.tensor([ADVANTAGES + [100.0]])
-    mask = torch.tensor([[1, 1, 1, 1, 0]])
-    return logp, old_logp, advantages, mask
-
-
-def test_policy_loss_one_of_four_tokens_clips():
-    logp, old_logp, advantages, mask = four_token_batch()
-    loss, stats = policy_loss(logp, old_logp, advantages, mask, clip_eps=0.2)
-    close(loss, -(1.0 + 1.2 + 0.5 - 2.2) / 4)  # = -0.125
-    close(stats["clipfrac"], 0.25)
-    expected_kl = 0.5 * (math.log(1.5) ** 2 + math.log(0.5) ** 2 + math.log(1.1) ** 2) / 4
-    close(stats["approx_kl"], expected_kl)
-    assert stats["clipfrac"].dtype.is_floating_point and stats["approx_kl"].dtype.is_floating_point
-
-
-def test_policy_loss_gradient_is_zero_on_clipped_tokens():
-    # token 1: ratio 1.5, A=+1 clipped above; token 4: ratio 0.5, A=-1 clipped below
-    ratios = torch.tensor([[1.0, 1.5, 1.1, 0.5]])
-    old_logp = torch.zeros(1, 4)
-    logp = torch.log(ratios).requires_grad_()
-    advantages = torch.tensor([[1.0, 1.0, -2.0, -1.0]])
-    mask = torch.ones(1, 4)
-    loss, stats = policy_loss(logp, old_logp, advantages, mask, clip_eps=0.2)
-    loss.backward()
-    # d(-ratio*A/4)/dlogp = -ratio*A/4 on unclipped tokens
-    close(logp.grad, [[-0.25, 0.0, 0.55, 0.0]])
-    close(stats["clipfrac"], 0.5)
-
-
-def test_policy_loss_clip_eps_high_widens_only_the_upper_bound():
-    logp = torch.log(torch.tensor([[1.25, 0.75]]))
-    old_logp = torch.zeros(1, 2)
-    advantages = torch.tensor([[1.0, -1.0]])
-    mask = torch.ones(1, 2)
-    symmetric, stats = policy_loss(logp, old_logp, advantages, mask, clip_eps=0.2)
-    # 1.25 clipped to 1.2 -> -1.2 ; 0.75 with A=-1: min(-0.75, -0.8) = -0.8 clipped -> 0.8
-    close(symmetric, (-1.2 + 0.8) / 2)
-    close(stats["clipfrac"], 1.0)
-    asymmetric, stats = policy_loss(logp, old_logp, advantages, mask, clip_eps=0.2, clip_eps_high=0.28)
-    # 1.25 < 1.28 now unclipped -> -1.25 ; the lower bound is unchanged
-    close(asymmetric, (-1.25 + 0.8) / 2)
-    close(stats["clipfrac"], 0.5)
-
-
-def test_policy_loss_token_mean_and_seq_mean_differ():
-    # ratio 1 everywhere, so the per-token loss is -A: [[1, 2, 3], [4, pad, pad]]
-    logp = torch.zeros(2, 3)
-    advantages = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, 50.0, 50.0]])
-    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
-    token_mean, _ = policy_loss(logp, logp, advantages, mask, clip_eps=0.2, reduction="token_mean")
-    seq_mean, _ = policy_loss(logp, logp, advantages, mask, clip_eps=0.2, reduction="seq_mean")
-    close(token_mean, (1 + 2 + 3 + 4) / 4)  # 2.5
-    close(seq_mean, ((1 + 2 + 3) / 3 + 4 / 1) / 2)  # 3.0
-
-
-def test_policy_loss_seq_mean_ignores_empty_sequences():
-    logp = torch.zeros(2, 2)
-    advantages = torch.tensor([[-1.0, -3.0], [-9.0, -9.0]])
-    mask = torch.tensor([[1, 1], [0, 0]])
-    loss, _ = policy_loss(logp, logp, advantages, mask, clip_eps=0.2, reduction="seq_mean")
-    close(loss, 2.0)
-
-
-def test_policy_loss_unknown_reduction():
-    x = torch.zeros(1, 2)
-    with pytest.raises(ValueError, match="token_mean, seq_mean"):
-        policy_loss(x, x, x, torch.ones(1, 2), clip_eps=0.2, reduction="sum")
 
 
 # --- value loss and explained variance ---------------------------------------------------------

@@ -13,10 +13,18 @@
    required field that has a default (a worker group's minReplicas/maxReplicas) must be written.
 2. The image of every Ray container is the one cluster/docker/Dockerfile documents building
    (same repository), and rayVersion is the Dockerfile's RAY_VERSION.
-3. Every RayJob entrypoint runs `python -m rlhf.run CONFIG ...` with a CONFIG that exists in
-   the repo's configs/, loads with rlhf.config (so the override keys are real), resumes
-   (`checkpoint.resume=auto`) and writes to a volume shared across retries; and the cluster
-   the RayJob creates holds the plan rlhf makes from that config, without a spare GPU pod.
+3. Every RayJob entrypoint runs `python -m rlhf.run CONFIG ...` with a CONFIG that is an
+   absolute path into the image's configs/ and exists in the repo, loads with rlhf.config (so
+   the override keys are real), resumes (`checkpoint.resume=auto`) and writes to a volume
+   shared across retries; and the cluster the RayJob creates holds the plan rlhf makes from
+   that config, without a spare GPU pod.
+4. Locked-down clusters: every Ray pod and the submitter pass the "restricted" pod-security
+   level and mount no service-account token; images are immutable references (per-build tag
+   or digest); the wandb key is on the head only; the head exposes only the ports it uses;
+   RayJobs have a config-derived activeDeadlineSeconds and delete their workers when done.
+5. The Dockerfile installs the locked dependencies before it copies the source, from a base
+   pinned by digest, with an allow-list build context; the Slurm script keeps its dashboard
+   on the head's address and deletes its token.
 Negative tests break a real manifest on purpose and expect validation to fail.
 """
 
@@ -41,7 +49,7 @@ CRD_DIR = Path(os.environ.get("RLHF_KUBERAY_CRDS", REPO.parent / "shared" / "kub
 RAY_KINDS = ("RayCluster", "RayJob")
 # KubeRay treats containers[0] of each Ray pod template as the Ray container.
 RAY_CONTAINER = 0
-# Where the Dockerfile puts the repo; job entrypoints run there.
+# Where the Dockerfile puts the repo; job entrypoints name configs there.
 IMAGE_REPO_DIR = "/home/ray/rlhf"
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -242,6 +250,18 @@ def _label_not_string(doc):
     doc["metadata"]["labels"] = {"version": 2}
 
 
+def _unknown_deletion_policy(doc):
+    doc["spec"]["deletionStrategy"]["deletionRules"][0]["policy"] = "DeletePods"
+
+
+def _capabilities_not_a_list(doc):
+    _ray_pod_specs(doc)[0][1]["containers"][RAY_CONTAINER]["securityContext"]["capabilities"]["drop"] = "ALL"
+
+
+def _misspelled_pod_security_field(doc):
+    _ray_pod_specs(doc)[0][1]["securityContext"]["runAsNonroot"] = True
+
+
 @pytest.mark.parametrize(
     "kind, breakage, where",
     [
@@ -255,6 +275,9 @@ def _label_not_string(doc):
         ("RayCluster", _int32_overflow, "maxReplicas"),
         ("RayJob", _wrong_enum, "mode"),
         ("RayCluster", _label_not_string, "labels"),
+        ("RayJob", _unknown_deletion_policy, "policy"),
+        ("RayCluster", _capabilities_not_a_list, "drop"),
+        ("RayJob", _misspelled_pod_security_field, "runAsNonroot"),
     ],
     ids=lambda value: getattr(value, "__name__", value),
 )
@@ -312,6 +335,14 @@ def test_manifest_uses_the_dockerfile_image(doc):
 # ---------------------------------------------------------------- RayJob entrypoints
 
 
+def repo_config(path: str) -> str | None:
+    """'/home/ray/rlhf/configs/x.yaml' -> 'configs/x.yaml'; None for anything else."""
+    prefix = IMAGE_REPO_DIR + "/configs/"
+    if not path.startswith(prefix) or ".." in Path(path).parts:
+        return None
+    return path[len(IMAGE_REPO_DIR) + 1 :]
+
+
 def entrypoint_problems(entrypoint: str, repo: Path, head_pod: dict | None = None) -> list[str]:
     """What is wrong with a RayJob entrypoint for this repo (empty when nothing)."""
     if re.search(r"[;&|<>`]|\$\(", entrypoint):
@@ -320,12 +351,12 @@ def entrypoint_problems(entrypoint: str, repo: Path, head_pod: dict | None = Non
     argv = shlex.split(entrypoint)
     if len(argv) < 4 or Path(argv[0]).name not in ("python", "python3") or argv[1:3] != ["-m", "rlhf.run"]:
         return [f"does not start with `python -m rlhf.run CONFIG`: {entrypoint!r}"]
-    config, overrides = argv[3], [a for a in argv[4:] if not a.startswith("--")]
-    if config.startswith(IMAGE_REPO_DIR + "/"):
-        config = config[len(IMAGE_REPO_DIR) + 1 :]
+    overrides = [a for a in argv[4:] if not a.startswith("--")]
+    config = repo_config(argv[3])
     problems = []
-    if Path(config).is_absolute() or Path(config).parts[:1] != ("configs",):
-        problems.append(f"config {argv[3]!r} is not a file under the repo's configs/")
+    if config is None:
+        # Absolute: a relative path would depend on the directory the job happens to start in.
+        problems.append(f"config {argv[3]!r} is not an absolute path under {IMAGE_REPO_DIR}/configs/")
     elif not (repo / config).is_file():
         problems.append(f"config {config!r} does not exist in {repo}")
     settings = dict(item.split("=", 1) for item in overrides if "=" in item)
@@ -355,7 +386,6 @@ RAYJOBS = [(doc_id, doc) for doc_id, doc in MANIFESTS if doc["kind"] == "RayJob"
 def test_rayjob_entrypoint_runs_an_existing_config(doc):
     head_pod = _ray_pod_specs(doc)[0][1]
     assert entrypoint_problems(doc["spec"].get("entrypoint", ""), REPO, head_pod) == []
-    assert doc["spec"].get("shutdownAfterJobFinishes") is True
     assert doc["spec"].get("backoffLimit", 0) >= 1, "a failed attempt should be retried (and resume)"
 
 
@@ -402,7 +432,7 @@ def plan_fit_problems(bundles: list[dict[str, float]], nodes: list[dict[str, flo
 @pytest.mark.parametrize("doc", [doc for _, doc in RAYJOBS], ids=[doc_id for doc_id, _ in RAYJOBS])
 def test_rayjob_cluster_holds_the_config_plan(doc):
     argv = shlex.split(doc["spec"]["entrypoint"])
-    config = REPO / argv[3]
+    config = REPO / (repo_config(argv[3]) or argv[3])
     assert config.is_file(), f"{argv[3]} does not exist (yet)"
     from rlhf.config import load_config
     from rlhf.drivers.cluster import plan_pools
@@ -427,8 +457,10 @@ def test_entrypoint_checker_on_a_scratch_repo(tmp_path):
     (tmp_path / "configs" / "x.yaml").write_text(
         "model: {policy: org/policy, reward: org/reward}\ndata: {train: org/data}\n"
     )
-    good = "python -m rlhf.run configs/x.yaml logging.output_dir=/mnt/shared/runs/x checkpoint.resume=auto"
+    good = "python -m rlhf.run /home/ray/rlhf/configs/x.yaml logging.output_dir=/mnt/shared/runs/x checkpoint.resume=auto"
     assert entrypoint_problems(good, tmp_path) == []
+    assert entrypoint_problems(good.replace("/home/ray/rlhf/configs/", "configs/"), tmp_path)  # relative
+    assert entrypoint_problems(good.replace("/rlhf/configs/", "/rlhf/configs/../"), tmp_path)
     assert entrypoint_problems(good.replace("x.yaml", "missing.yaml"), tmp_path)
     assert entrypoint_problems(good.replace("resume=auto", "resume=never"), tmp_path)
     assert entrypoint_problems(good.replace("logging.output_dir", "logging.outdir"), tmp_path)

@@ -46,7 +46,7 @@ def test_loads_with_defaults_and_overrides(tmp_path, base):
         ("algorithm.ppo.kl_cof=0.1", "unknown key 'algorithm.ppo.kl_cof' (did you mean 'kl_coef'?)"),
         ("trainer.learning_rate=fast", "trainer.learning_rate: Input should be a valid number"),
         ("algorithm.ppo.clip_eps=-1", "algorithm.ppo.clip_eps: Input should be greater than 0"),
-        ("algorithm.name=grpo", "algorithm.name: Input should be 'ppo', 'dpo', 'sft' or 'rm'"),
+        ("algorithm.name=gpro", "algorithm.name: Input should be 'ppo', 'grpo', 'dr_grpo', 'rloo', "),
         ("algorithm.ppo.mini_batch_size=5", "rollout_batch_size*samples_per_prompt=16 is not a multiple of mini_batch_size=5"),
         ("trainer.micro_batch_size=3", "algorithm.ppo.mini_batch_size: 8 is not a multiple of trainer.micro_batch_size*resources.policy.num_actors=3"),
         ("model.reward_fn=notamodule", "model.reward_fn: expected 'module:function'"),

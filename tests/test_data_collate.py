@@ -4,7 +4,7 @@ import torch
 
 from rlhf.config import DataConfig
 from rlhf.data.collate import collate_preference, collate_prompts, collate_sft
-from rlhf.data.formats import SFTExample
+from rlhf.data.examples import SFTExample
 from rlhf.data.tokenize import TokenizedPreference, TokenizedPrompt, TokenizedSFT, tokenize_sft
 
 PAD = 0

@@ -129,7 +129,7 @@ def test_missing_file(tmp_path, tiny_tokenizer):
 
 def test_auto_detects_from_the_first_usable_row(tmp_path, tiny_tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "?"}, GOOD_SFT, {"prompt": "1+1="}])
-    with pytest.raises(DataError, match=r"d\.jsonl: row 1: cannot detect the data format"):
+    with pytest.raises(DataError, match=r"d\.jsonl: row 1: cannot detect the SFT data format: the row has keys \[text\]"):
         load_sft_dataset(path, tiny_tokenizer, DataConfig())
     ds = load_sft_dataset(path, tiny_tokenizer, DataConfig(on_error="skip"))
     # Row 3 is then read as prompt_completion and lacks its completion.
@@ -137,7 +137,8 @@ def test_auto_detects_from_the_first_usable_row(tmp_path, tiny_tokenizer):
 
 
 def test_wrong_kind_of_data(tmp_path, tiny_tokenizer, tiny_assets):
-    with pytest.raises(DataError, match=r"row 1: the keys \['prompt'\] look like format 'prompt', but SFT data needs"):
+    with pytest.raises(DataError, match=r"row 1: cannot detect the SFT data format \(it looks like format 'prompt', "
+                       r"which cannot make SFT examples\)"):
         load_sft_dataset(tiny_assets["prompts_train"], tiny_tokenizer, DataConfig())
     with pytest.raises(DataError, match=r"data.format: format 'prompt' cannot be used for preference data"):
         load_preference_dataset(tiny_assets["prompts_train"], tiny_tokenizer, DataConfig(format="prompt", on_error="skip"))

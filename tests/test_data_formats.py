@@ -2,18 +2,28 @@
 
 import pytest
 
+from rlhf.config import DataConfig
 from rlhf.data.errors import DataError
-from rlhf.data.formats import (
-    PreferenceExample,
-    PromptExample,
-    SFTExample,
-    detect_format,
-    detect_format_for,
-    SFT_FORMATS,
-    to_preference_example,
-    to_prompt_example,
-    to_sft_example,
-)
+from rlhf.data.examples import PreferenceExample, PromptExample, SFTExample
+from rlhf.data.formats import detect_format, examples
+
+
+def one(row, fmt, kind):
+    made = examples(row, fmt, kind, DataConfig())
+    assert len(made) == 1
+    return made[0]
+
+
+def to_prompt_example(row, fmt):
+    return one(row, fmt, "prompt")
+
+
+def to_sft_example(row, fmt):
+    return one(row, fmt, "SFT")
+
+
+def to_preference_example(row, fmt):
+    return one(row, fmt, "preference")
 
 
 def user(text):
@@ -52,13 +62,14 @@ def test_detect_ultrafeedback_binarized_row():
 
 
 def test_detect_unknown_keys():
-    with pytest.raises(DataError, match=r"cannot detect the data format from the keys \['input', 'output'\]"):
+    with pytest.raises(DataError, match=r"cannot detect the prompt data format: the row has keys \[input, output\]"):
         detect_format({"input": "a", "output": "b"})
 
 
 def test_detected_format_must_suit_the_kind():
-    with pytest.raises(DataError, match=r"the keys \['prompt'\] look like format 'prompt', but SFT data needs one of"):
-        detect_format_for({"prompt": "3+4="}, SFT_FORMATS, "SFT")
+    with pytest.raises(DataError, match=r"cannot detect the SFT data format \(it looks like format 'prompt', which "
+                       r"cannot make SFT examples\)"):
+        detect_format({"prompt": "3+4="}, "SFT")
 
 
 def test_prompt_formats():

@@ -4,7 +4,7 @@ import pytest
 
 from rlhf.config import DataConfig
 from rlhf.data.errors import DataError
-from rlhf.data.formats import PreferenceExample, PromptExample, SFTExample
+from rlhf.data.examples import PreferenceExample, PromptExample, SFTExample
 from rlhf.data.tokenize import check_tokenizer, tokenize_preference, tokenize_prompt, tokenize_sft
 from rlhf.tiny import build_tokenizer
 
@@ -82,7 +82,7 @@ def test_truncation_error(tiny_tokenizer):
 def test_truncation_left_keeps_the_prompt_end_and_the_response_start(tiny_tokenizer):
     cfg = DataConfig(truncation="left", max_prompt_len=4, max_response_len=2)
     out = tokenize_sft(SFTExample(USER_3_PLUS_4, "78"), tiny_tokenizer, cfg)
-    assert out.prompt_ids == [D4, EQ, EOS, ASSISTANT]
+    assert out.prompt_ids == [USER, EQ, EOS, ASSISTANT]  # the turn's header, then the newest tokens
     assert out.response_ids == [D7, D8]  # cut: no EOS
     assert out.loss_mask == [0, 0, 0, 0, 1, 1]
 
@@ -153,7 +153,7 @@ class MergingTokenizer:
             i += len(token)
         return {"input_ids": ids}
 
-    def decode(self, ids):
+    def decode(self, ids, **kwargs):
         names = {v: k for k, v in self.vocab.items()}
         return "".join(names[i] for i in ids)
 
@@ -173,6 +173,7 @@ def test_template_rejecting_a_row_is_a_data_error(tiny_tokenizer):
 
 def test_check_tokenizer():
     tokenizer = _tokenizer_with_template(None)
-    with pytest.raises(ValueError, match="no chat template; set data.apply_chat_template=false"):
+    with pytest.raises(ValueError, match=r"no chat template; set data.chat_template \(chatml, llama2, zephyr or a Jinja "
+                       r"file\) or data.apply_chat_template=false"):
         check_tokenizer(tokenizer, DataConfig())
     check_tokenizer(tokenizer, DataConfig(apply_chat_template=False))

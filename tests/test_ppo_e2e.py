@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -72,37 +71,45 @@ def test_ppo_learns_and_rollout_matches_trainer(ray_session, tiny_assets_dir, tm
     assert result["checkpoint"].endswith("step_000014")
 
 
-def test_resume_continues_like_an_uninterrupted_run(ray_session, tiny_assets_dir, tmp_path):
-    common = ["algorithm.ppo.num_steps=4", "checkpoint.interval=2", "algorithm.ppo.eval_interval=0",
-              "algorithm.ppo.kl_controller=adaptive", "algorithm.ppo.kl_target=0.5", "algorithm.ppo.kl_horizon=200"]
-    # Uninterrupted reference run, in this process.
-    straight = tmp_path / "straight"
-    run(resolve_config(TINY, tiny_overrides(tiny_assets_dir, straight, *common)))
+# A 4-step run checkpointed at step 2, with an adaptive KL controller (its state must survive a resume).
+RESUME_SETTINGS = ["algorithm.ppo.num_steps=4", "checkpoint.interval=2", "algorithm.ppo.eval_interval=0",
+                   "algorithm.ppo.kl_controller=adaptive", "algorithm.ppo.kl_target=0.5", "algorithm.ppo.kl_horizon=200"]
+RESUMED_KEYS = ("reward/mean", "kl/mean", "kl/coef", "policy/loss", "value/loss", "response/length_mean")
 
-    # The same run in a child process, killed once its step-2 checkpoint is complete.
+
+def assert_resumed_like(resumed_dir: Path, expected: dict[int, dict]) -> None:
+    """The resumed run's metrics.jsonl reads as the uninterrupted run: every step once, steps 3-4 equal."""
+    resumed = {r["step"]: r for r in read_metrics(resumed_dir / "metrics.jsonl")}
+    assert sorted(resumed) == [1, 2, 3, 4]  # no step lost, none logged twice
+    for step in (3, 4):
+        for key in RESUMED_KEYS:
+            assert resumed[step][key] == pytest.approx(expected[step][key], rel=1e-4, abs=1e-5), (step, key)
+
+
+def test_resume_continues_like_an_uninterrupted_run(ray_session, tiny_assets_dir, uninterrupted_tiny_ppo, tmp_path):
+    common = RESUME_SETTINGS
+
+    # The same run in a child process whose driver dies (os._exit, no cleanup, like a SIGKILL) right
+    # after its step-2 checkpoint is complete: an injected fault at an exact point, not a poll.
     broken = tmp_path / "broken"
-    args = [sys.executable, "-m", "rlhf.run", TINY, *tiny_overrides(tiny_assets_dir, broken, *common)]
+    die = ["debug.fail_at.role=driver", "debug.fail_at.step=2", "debug.fail_at.method=save_checkpoint", "debug.fail_at.mode=exit"]
+    args = [sys.executable, "-m", "rlhf.run", TINY, *tiny_overrides(tiny_assets_dir, broken, *common, *die)]
     env = {**os.environ, "RAY_ADDRESS": ray_session}
-    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 600
-    while not complete_checkpoints(broken / "checkpoints"):
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    ckpt = complete_checkpoints(broken / "checkpoints")[-1]
-    assert read_driver_state(ckpt)["step"] == 2
-    time.sleep(2)  # let Ray reap the dead driver's actors and placement groups
+    proc = subprocess.run(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "injected fault (debug.fail_at): driver actor 0 exit in save_checkpoint at step 2" in proc.stderr
+    # A quiet console: the actors' own output (vLLM, DeepSpeed) went to their log files, not to the console.
+    console = proc.stdout + proc.stderr
+    assert "RolloutEngine" not in console and "vLLM" not in console and "DeepSpeed" not in console, console[-3000:]
+    assert "Initializing a V1 LLM engine" in (broken / "logs" / "rollout-0.log").read_text()
+    assert {p.name for p in (broken / "logs").iterdir()} >= {"driver.log", "policy-0.log", "critic-0.log", "reward-0.log"}
+    assert [p.name for p in complete_checkpoints(broken / "checkpoints")] == ["step_000002"]
+    assert [r["step"] for r in read_metrics(broken / "metrics.jsonl")] == [1, 2]
 
     # Resume in this process from the newest complete checkpoint.
     run(resolve_config(TINY, tiny_overrides(tiny_assets_dir, broken, *common)))
-    expected = {r["step"]: r for r in read_metrics(straight / "metrics.jsonl")}
-    resumed = {r["step"]: r for r in read_metrics(broken / "metrics.jsonl")}
-    assert sorted(resumed) == [1, 2, 3, 4]  # no step lost, none logged twice
-    for step in (3, 4):
-        for key in ("reward/mean", "kl/mean", "kl/coef", "policy/loss", "value/loss", "response/length_mean"):
-            assert resumed[step][key] == pytest.approx(expected[step][key], rel=1e-4, abs=1e-5), (step, key)
+    expected = uninterrupted_tiny_ppo
+    assert_resumed_like(broken, expected)
     # The adaptive coefficient really moved, so matching it means the controller state was restored.
     assert expected[3]["kl/coef"] != expected[1]["kl/coef"]
 

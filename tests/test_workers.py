@@ -7,6 +7,7 @@ costs seconds on 2 cores): a 2-rank ZeRO-2 policy, a 1-rank ZeRO-3 LoRA policy, 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -118,7 +119,8 @@ def ppo_minibatch(batch: dict, old_logprobs: torch.Tensor) -> dict:
     mask = batch["response_mask"]
     # Fixed advantages of both signs: the clipped objective can only go down from ratio = 1.
     signs = torch.tensor([1.0, -1.0]).repeat(len(mask) // 2)[:, None].expand_as(mask)
-    return {**batch, "old_logprobs": old_logprobs, "advantages": signs * mask}
+    # The trainer's logprobs stand in for the engine's (algorithm.ppo.rollout_is_cap is on by default).
+    return {**batch, "old_logprobs": old_logprobs, "rollout_logprobs": old_logprobs, "advantages": signs * mask}
 
 
 # -- policy, 2 ranks, ZeRO-2 ---------------------------------------------------------------------
@@ -400,6 +402,11 @@ class Sleeper:
     def fail(self) -> None:
         raise ValueError("bad shard")
 
+    def exit(self, code: int) -> str:
+        if code:
+            os._exit(code)
+        return self.tag
+
 
 def test_group_scatter_timeout_and_death(ray_session):
     group = WorkerGroup(Sleeper, "sleepy", 2, {"num_cpus": 0.1}, init_args=("hi",), call_timeout_s=60)
@@ -424,7 +431,10 @@ def test_group_scatter_timeout_and_death(ray_session):
     group = WorkerGroup(Sleeper, "sleepy", 2, {"num_cpus": 0.1}, init_args=("hi",), call_timeout_s=30)
     try:
         group.wait_ready()
-        ray.kill(group.actors[1])
+        # The actor ends its own process inside a call whose result is awaited, so it is certainly
+        # dead before the next call (ray.kill is asynchronous: a ping right after it may still land).
+        with pytest.raises(RoleDiedError, match=r"sleepy actor 1 died during exit"):
+            group.run_each("exit", [(0,), (1,)])
         with pytest.raises(RoleDiedError, match=r"sleepy actor 1 died during ping"):
             group.run_all("ping")
     finally:

@@ -7,8 +7,9 @@
 #
 # Submit from the repo root (the job runs there: $SLURM_SUBMIT_DIR). Extra arguments are
 # config overrides (e.g. rollout.num_engines=4). The Python environment with rlhf installed
-# (`pip install -e .[gpu]`) must be visible on every node: RLHF_VENV, or the repo's .venv, or
-# whatever is active when you call sbatch (--export=ALL carries PATH to every srun step).
+# (`pip install -c constraints/gpu.txt -e .[gpu]`) must be visible on every node: RLHF_VENV,
+# or the repo's .venv, or whatever is active when you call sbatch (--export=ALL carries PATH
+# to every srun step).
 #
 # RUN_DIR must be on a filesystem every node sees (Lustre, GPFS, NFS): it becomes
 # logging.output_dir, so metrics.jsonl and checkpoints land there. A failed or preempted job
@@ -62,8 +63,12 @@ export RAY_ADDRESS="$HEAD_IP:$RAY_PORT"
 
 # Ray token authentication, with one token per job in RUN_DIR (readable only by you). srun
 # passes these variables on, so the head, the workers and the driver all use the same token.
+# The token is deleted when this script exits (the run ended, failed, or Slurm sent SIGTERM at
+# scancel or the time limit): it is only good for this job's cluster.
 export RAY_AUTH_MODE=token
-export RAY_AUTH_TOKEN_PATH="$RUN_DIR/.ray_auth_token"
+export RAY_AUTH_TOKEN_PATH="$RUN_DIR/.ray_auth_token.${SLURM_JOB_ID:-$$}"
+trap 'rm -f "$RAY_AUTH_TOKEN_PATH"' EXIT
+trap 'exit 143' TERM INT  # exit through the EXIT trap
 (umask 077 && python -c 'import secrets; print(secrets.token_hex(32))' > "$RAY_AUTH_TOKEN_PATH")
 
 CPUS=${SLURM_CPUS_PER_TASK:-$(nproc)}
@@ -75,10 +80,11 @@ echo "ray head on $HEAD_NODE ($RAY_ADDRESS), workers: ${WORKER_NODES[*]:-none}"
 
 # --block keeps each `ray start` in the foreground, so its srun step lives as long as the job
 # and Slurm stops Ray when the job ends. GPUs are detected from the CUDA_VISIBLE_DEVICES
-# that Slurm sets for the step.
+# that Slurm sets for the step. The dashboard (and its job API) listens on the head's cluster
+# address only, not on every interface of the node.
 srun "${STEP[@]}" -w "$HEAD_NODE" \
     ray start --head --node-ip-address="$HEAD_IP" --port="$RAY_PORT" \
-    --dashboard-host=0.0.0.0 --dashboard-port="$RAY_DASHBOARD_PORT" \
+    --dashboard-host="$HEAD_IP" --dashboard-port="$RAY_DASHBOARD_PORT" \
     --num-cpus="$CPUS" --disable-usage-stats "${RAY_START_ARGS[@]}" --block &
 HEAD_STEP=$!
 
@@ -116,6 +122,9 @@ while True:
 PY
 
 # The driver runs here, on the head node, and connects through RAY_ADDRESS. Its exit code
-# (0 ok, 2 config/data error, 3 cluster too small, 1 run failed) is the job's.
-# When this script exits, Slurm ends the job and with it every `ray start` step.
-exec python -m rlhf.run "$CONFIG" logging.output_dir="$RUN_DIR" checkpoint.resume=auto "$@"
+# (0 ok, 2 config/data error, 3 cluster too small, 1 run failed) is the job's. Not `exec`:
+# this shell stays to delete the token. When it exits, Slurm ends the job and with it every
+# `ray start` step.
+status=0
+python -m rlhf.run "$CONFIG" logging.output_dir="$RUN_DIR" checkpoint.resume=auto "$@" || status=$?
+exit "$status"

@@ -1,8 +1,8 @@
 """Direct preference optimisation and its variants (sigmoid/cDPO, IPO, hinge/SLiC, robust DPO), as in TRL.
 
-Inputs are per-sequence log-probabilities [B] (see ``logprobs.sequence_logprobs``) of the
-chosen and rejected responses under the policy and the frozen reference. Losses are
-returned per pair, unreduced.
+Inputs are per-sequence log-probabilities [B] of the chosen and rejected responses under the
+policy and the frozen reference, as `preference_logps` makes them for the loss type: summed
+over the response tokens, or length-averaged for IPO. Losses are returned per pair, unreduced.
 """
 
 import torch
@@ -10,6 +10,26 @@ import torch.nn.functional as F
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 _SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")
+# IPO's regression target 1 / (2 beta) is for length-averaged log-probabilities (Azar et al. 2023; TRL too).
+LENGTH_AVERAGED_LOSS_TYPES = ("ipo",)
+
+
+def preference_logps(summed_logps: torch.Tensor, loss_mask: torch.Tensor, loss_type: str) -> torch.Tensor:
+    """The sequence log-probability a DPO-family loss uses, from the summed one: [B] -> [B].
+
+        summed:          log p(y|x)       = sum_t logp_t                   (sigmoid, hinge, robust)
+        length-averaged: log p(y|x) / |y| = sum_t logp_t / sum_t m_t       (ipo)
+
+    ``summed_logps`` [B] is `logprobs.sequence_logprobs` over the response tokens that
+    ``loss_mask`` [B, T] marks (1 on response tokens; only its row sums |y| are used, so its
+    alignment does not matter). The average makes IPO's loss independent of response length: a
+    response repeated twice with the same per-token logprobs keeps its value.
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; valid: {', '.join(DPO_LOSS_TYPES)}")
+    if loss_type in LENGTH_AVERAGED_LOSS_TYPES:
+        return summed_logps / loss_mask.sum(-1).clamp(min=1).to(summed_logps.dtype)
+    return summed_logps
 
 
 def _check_arguments(beta: float, loss_type: str, label_smoothing: float) -> None:
@@ -40,7 +60,7 @@ def dpo_loss(
     logits = (pc - pr) - (rc - rr),  ls = label_smoothing, sigma = sigmoid
       sigmoid (Rafailov et al. 2023; cDPO when ls > 0):
           -log sigma(beta * logits) * (1 - ls) - log sigma(-beta * logits) * ls
-      ipo (Azar et al. 2023; beta is the paper's tau; the paper uses length-averaged logps):
+      ipo (Azar et al. 2023; beta is the paper's tau; logps length-averaged, see `preference_logps`):
           (logits - 1 / (2 * beta))^2
       hinge (SLiC, Zhao et al. 2023):
           relu(1 - beta * logits)

@@ -1,4 +1,4 @@
-"""Reductions over masked tokens: sums, means, variances, whitening and loss reductions.
+"""Reductions over masked tokens: sums, means, variances and whitening (loss aggregation: `loss_agg`).
 
 A mask is a bool or 0/1 float tensor that is 1 on the tokens that count (response
 tokens) and 0 on padding, which may sit on either side or in between. Entries
@@ -8,8 +8,6 @@ into a result: ``nan * 0`` is ``nan``, a ``where`` is not.
 """
 
 import torch
-
-REDUCTIONS = ("token_mean", "seq_mean")
 
 
 def _zero_outside(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,20 +65,3 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
     if not shift_mean:
         whitened = whitened + mean
     return _zero_outside(whitened, mask)
-
-
-def masked_reduce(per_token: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce a per-token [B, T] loss to a scalar.
-
-    "token_mean": sum_{b,t} mask*l / sum_{b,t} mask  -- every token in the batch weighs the same,
-                  so long sequences weigh more.
-    "seq_mean":   mean over sequences b with at least one masked token of
-                  (sum_t mask*l / sum_t mask)  -- every sequence weighs the same.
-    """
-    if reduction == "token_mean":
-        return masked_mean(per_token, mask)
-    if reduction == "seq_mean":
-        per_sequence = masked_mean(per_token, mask, dim=-1)
-        has_tokens = _count(mask, dim=-1) > 0
-        return masked_mean(per_sequence, has_tokens)
-    raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")

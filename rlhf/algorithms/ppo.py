@@ -1,4 +1,6 @@
-"""PPO with a KL penalty: reward shaping, GAE, clipped policy and value losses, KL estimators and controllers.
+"""PPO with a KL penalty: reward shaping, GAE, the clipped value loss, KL estimators and controllers.
+
+The policy-gradient loss, shared with the critic-free algorithms, is in `rlhf.algorithms.policy_loss`.
 
 All per-token tensors are [B, T] and come with a mask [B, T] that is 1 on response
 tokens; padding may be on the left, on the right, or both. Outputs are 0 where the
@@ -7,7 +9,8 @@ mask is 0.
 
 import torch
 
-from rlhf.algorithms.masked import masked_mean, masked_reduce, masked_var, whiten
+from rlhf.algorithms.loss_agg import aggregate
+from rlhf.algorithms.masked import masked_var, whiten
 
 __all__ = [
     "AdaptiveKLController",
@@ -16,13 +19,17 @@ __all__ = [
     "explained_variance",
     "gae",
     "kl_estimate",
-    "policy_loss",
     "shape_rewards",
     "value_loss",
     "whiten",
 ]
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
+# d = logp - ref_logp -> per-token estimate (see kl_estimate)
+KL_ESTIMATORS = {
+    "k1": lambda d: d,
+    "k2": lambda d: 0.5 * d**2,
+    "k3": lambda d: torch.exp(-d) + d - 1,
+}
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
@@ -34,14 +41,11 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.
       k3 = exp(-d) - (-d) - 1       unbiased, low variance, >= 0
          = exp(ref_logp - logp) - (ref_logp - logp) - 1
     """
-    log_ratio = logp - ref_logp
-    if kind == "k1":
-        return log_ratio
-    if kind == "k2":
-        return 0.5 * log_ratio**2
-    if kind == "k3":
-        return torch.exp(-log_ratio) + log_ratio - 1
-    raise ValueError(f"unknown KL estimator {kind!r}; valid: {', '.join(KL_ESTIMATORS)}")
+    try:
+        estimator = KL_ESTIMATORS[kind]
+    except KeyError:
+        raise ValueError(f"unknown KL estimator {kind!r}; valid: {', '.join(KL_ESTIMATORS)}") from None
+    return estimator(logp - ref_logp)
 
 
 def shape_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
@@ -90,64 +94,33 @@ def gae(
     return advantages, returns
 
 
-def policy_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    clip_eps: float,
-    clip_eps_high: float | None = None,
-    reduction: str = "token_mean",
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate loss (Schulman et al. 2017), with an optional asymmetric upper clip (DAPO's clip-higher).
-
-    ratio = exp(logp - old_logp)
-    loss_t = -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps_high) * A)
-    clip_eps_high defaults to clip_eps. Reduced with ``masked_reduce`` ("token_mean" or "seq_mean").
-
-    stats (detached scalars, masked token means):
-      clipfrac  = fraction of tokens where the clipped term is strictly smaller, i.e. was chosen
-                  (these tokens get no gradient);
-      approx_kl = mean of 0.5 * (logp - old_logp)^2, the k2 estimate of KL(old || new).
-    """
-    upper = clip_eps if clip_eps_high is None else clip_eps_high
-    log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio)
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1 - clip_eps, 1 + upper) * advantages
-    loss = masked_reduce(-torch.minimum(unclipped, clipped), mask, reduction)
-    with torch.no_grad():
-        stats = {
-            "clipfrac": masked_mean((clipped < unclipped).to(logp.dtype), mask),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
-        }
-    return loss, stats
-
-
 def value_loss(
     values: torch.Tensor,
     old_values: torch.Tensor,
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip: float | None,
+    loss_agg_mode: str = "token_mean",
+    count: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss, masked token mean.
+    """Clipped value loss, aggregated with ``rlhf.algorithms.loss_agg.aggregate`` (mode, the step's count).
 
     v_clip = old_v + clip(v - old_v, -clip, clip)
     loss_t = 0.5 * max((v - R)^2, (v_clip - R)^2)       (clip=None: 0.5 * (v - R)^2)
+    loss   = aggregate(loss_t, mask, loss_agg_mode, count)
 
     stats: clipfrac = fraction of masked tokens where the clipped term is strictly larger
-    (these tokens get no gradient); 0 when clip is None.
+    (these tokens get no gradient), aggregated the same way; 0 when clip is None.
     """
     unclipped = (values - returns) ** 2
     if clip is None:
-        loss = 0.5 * masked_mean(unclipped, mask)
-        return loss, {"clipfrac": torch.zeros((), dtype=values.dtype, device=values.device)}
+        loss = 0.5 * aggregate(unclipped, mask, loss_agg_mode, count)
+        return loss, {"clipfrac": torch.zeros((), dtype=loss.dtype, device=values.device)}
     values_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     clipped = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = 0.5 * aggregate(torch.maximum(unclipped, clipped), mask, loss_agg_mode, count)
     with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).to(values.dtype), mask)
+        clipfrac = aggregate(clipped > unclipped, mask, loss_agg_mode, count)
     return loss, {"clipfrac": clipfrac}
 
 

@@ -1,4 +1,4 @@
-"""Turning a scored rollout batch into PPO training targets: score adjustment, KL-shaped rewards, GAE.
+"""Turning a scored rollout batch into policy-gradient targets: score adjustment, KL, the advantage estimator.
 
 This is the per-step math between "every role has scored the batch" and "run the PPO epochs",
 kept in one function so the driver only orchestrates. All per-token tensors are [B, R] with the
@@ -12,7 +12,8 @@ import math
 import torch
 
 from rlhf.algorithms.masked import masked_mean, masked_sum
-from rlhf.algorithms.ppo import gae, kl_estimate, shape_rewards, whiten
+from rlhf.algorithms.advantages import AdvantageInputs, estimate_advantages
+from rlhf.algorithms.ppo import kl_estimate
 
 
 class RunningMoments:
@@ -70,36 +71,37 @@ def adjust_scores(
 
 def compute_targets(
     old_logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    values: torch.Tensor,
+    ref_logprobs: torch.Tensor | None,
+    values: torch.Tensor | None,
     scores: torch.Tensor,
     mask: torch.Tensor,
     *,
+    estimator: str,
+    group_ids: torch.Tensor,
     kl_coef: float,
     kl_estimator: str,
     gamma: float,
     lam: float,
     whiten_advantages: bool,
 ) -> dict[str, torch.Tensor]:
-    """kl_t = estimator(old_logp_t, ref_logp_t); r = shape_rewards(scores, kl, kl_coef);
-    (A, R) = gae(r, V, gamma, lam); A = whiten(A) if asked.
+    """kl_t = estimator(old_logp_t, ref_logp_t) (0 without a reference);
+    (A, R) = `advantages.ESTIMATORS[estimator]` on (scores, kl, kl_coef, values, group_ids).
 
-    Returns advantages, returns, rewards and kl ([B, R]) and sequence_kl = sum_t kl_t ([B]),
-    the per-sequence KL that the adaptive controller tracks.
+    Returns advantages [B, R], returns [B, R] (estimators with a critic only), kl [B, R] and
+    sequence_kl = sum_t kl_t [B], the per-sequence KL that the adaptive controller tracks.
     """
-    kl = kl_estimate(old_logprobs, ref_logprobs, kl_estimator)
-    kl = torch.where(mask.bool(), kl, torch.zeros_like(kl))
-    rewards = shape_rewards(scores, kl, mask, kl_coef)
-    advantages, returns = gae(rewards, values, mask, gamma, lam)
-    if whiten_advantages and mask.sum() > 1:
-        advantages = whiten(advantages, mask)
-    return {
-        "advantages": advantages,
-        "returns": returns,
-        "rewards": rewards,
-        "kl": kl,
-        "sequence_kl": masked_sum(kl, mask, dim=-1),
-    }
+    if ref_logprobs is None:
+        kl = torch.zeros_like(old_logprobs)
+    else:
+        kl = kl_estimate(old_logprobs, ref_logprobs, kl_estimator)
+        kl = torch.where(mask.bool(), kl, torch.zeros_like(kl))
+    inputs = AdvantageInputs(scores=scores, kl=kl, mask=mask, group_ids=group_ids, kl_coef=kl_coef, gamma=gamma, lam=lam,
+                             values=values, whiten_advantages=whiten_advantages)
+    advantages, returns = estimate_advantages(estimator, inputs)
+    targets = {"advantages": advantages, "kl": kl, "sequence_kl": masked_sum(kl, mask, dim=-1)}
+    if returns is not None:
+        targets["returns"] = returns
+    return targets
 
 
 def logprob_gap(rollout_logprobs: torch.Tensor, trainer_logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:

@@ -3,6 +3,8 @@
 import torch
 import torch.nn.functional as F
 
+from rlhf.algorithms.loss_agg import row_share
+
 
 def pairwise_loss(
     chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor | None = None
@@ -19,6 +21,11 @@ def pairwise_loss(
 
 
 @torch.no_grad()
-def pairwise_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-    """mean_b [r_chosen > r_rejected], a float scalar; a tie counts as wrong."""
-    return (chosen_rewards > rejected_rewards).float().mean()
+def pairwise_accuracy(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, count: float | torch.Tensor | None = None
+) -> torch.Tensor:
+    """sum_b [r_chosen > r_rejected] / count, a float scalar (count None: B, the mean); a tie counts as wrong.
+
+    With the step's pair count, this batch's share of the step's accuracy (`loss_agg.row_share`).
+    """
+    return row_share((chosen_rewards > rejected_rewards).float(), count)

@@ -1,9 +1,10 @@
-"""Loading tokenized prompt, SFT and preference datasets, and the resumable epoch sampler.
+"""Loading tokenized prompt, SFT, preference and unpaired datasets, and the resumable epoch sampler.
 
-A loader reads rows (`readers`), normalises them (`formats`), tokenizes them (`tokenize`) and
-returns a `TokenizedDataset`: a list of tokenized examples with ``source``, ``format``,
-``rows_read`` and ``skipped``. The format is ``cfg.format``, or with ``"auto"`` is detected
-from the first usable row and then required of every row. With ``cfg.on_error == "raise"``
+A loader reads rows (`readers`), renames columns (``cfg.columns``), normalises them
+(`formats`), tokenizes them (`tokenize`) and returns a `TokenizedDataset`: a list of tokenized
+examples with ``source``, ``format``, ``rows_read``, ``skipped`` and ``skip_reasons``. The
+format is ``cfg.format``, or with ``"auto"`` is detected from the first row whose keys identify
+one and then required of every row. With ``cfg.on_error == "raise"``
 the first bad row raises its `DataError` ("<file>: row <n>: <reason>"); with ``"skip"``
 bad rows are counted and one warning is logged: "skipped N of M rows in <file> (first: row
 r: reason)". A source with no usable row is always an error. At most ``cfg.max_samples``
@@ -22,31 +23,29 @@ import numpy as np
 
 from rlhf.config import DataConfig
 from rlhf.data.errors import DataError
-from rlhf.data.formats import (
-    PREFERENCE_FORMATS,
-    PROMPT_FORMATS,
-    SFT_FORMATS,
-    check_format,
-    detect_format_for,
-    to_preference_example,
-    to_prompt_example,
-    to_sft_example,
-)
+from rlhf.data.formats import FORMATS, check_format, detect_format, examples, map_columns
 from rlhf.data.readers import read_rows
-from rlhf.data.tokenize import check_tokenizer, tokenize_preference, tokenize_prompt, tokenize_sft
+from rlhf.data.templates import use_chat_template
+from rlhf.data.tokenize import check_tokenizer, tokenize_preference, tokenize_prompt, tokenize_sft, tokenize_unpaired
 
 logger = logging.getLogger(__name__)
 
+# How many skipped rows' reasons a dataset keeps (the first ones), for the log and --dry-run.
+KEPT_SKIP_REASONS = 3
+
 
 class TokenizedDataset(Sequence):
-    """Tokenized examples of one source, plus what loading it found."""
+    """Tokenized examples of one source, plus what loading it found (``skip_reasons``: the
+    first skipped rows' `DataError`s)."""
 
-    def __init__(self, examples: list, source: str, format: str, rows_read: int, skipped: int):
+    def __init__(self, examples: list, source: str, format: str, rows_read: int, skipped: int,
+                 skip_reasons: list[DataError] | None = None):
         self.examples = examples
         self.source = source
         self.format = format
         self.rows_read = rows_read
         self.skipped = skipped
+        self.skip_reasons = skip_reasons or []
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -60,58 +59,96 @@ class TokenizedDataset(Sequence):
 
 def load_prompt_dataset(path: str | os.PathLike, tokenizer, cfg: DataConfig, *, split: str = "train") -> TokenizedDataset:
     """`TokenizedPrompt`s from a source of any format (PPO rollout prompts)."""
-    return _load(path, tokenizer, cfg, split, "prompt", PROMPT_FORMATS, lambda row, fmt: tokenize_prompt(to_prompt_example(row, fmt), tokenizer, cfg))
+    return _load(path, tokenizer, cfg, split, "prompt", tokenize_prompt)
 
 
 def load_sft_dataset(path: str | os.PathLike, tokenizer, cfg: DataConfig, *, split: str = "train") -> TokenizedDataset:
-    """`TokenizedSFT`s from prompt_completion or messages rows."""
-    return _load(path, tokenizer, cfg, split, "SFT", SFT_FORMATS, lambda row, fmt: tokenize_sft(to_sft_example(row, fmt), tokenizer, cfg))
+    """`TokenizedSFT`s from rows of an SFT format."""
+    return _load(path, tokenizer, cfg, split, "SFT", tokenize_sft)
 
 
 def load_preference_dataset(path: str | os.PathLike, tokenizer, cfg: DataConfig, *, split: str = "train") -> TokenizedDataset:
     """`TokenizedPreference`s from rows of a preference format (DPO, reward modelling)."""
-    return _load(
-        path, tokenizer, cfg, split, "preference", PREFERENCE_FORMATS,
-        lambda row, fmt: tokenize_preference(to_preference_example(row, fmt), tokenizer, cfg),
-    )
+    return _load(path, tokenizer, cfg, split, "preference", tokenize_preference)
 
 
-def _load(path, tokenizer, cfg: DataConfig, split: str, kind: str, allowed: tuple[str, ...],
-          make: Callable[[dict, str], object]) -> TokenizedDataset:
+def load_unpaired_dataset(path: str | os.PathLike, tokenizer, cfg: DataConfig, *, split: str = "train") -> TokenizedDataset:
+    """`TokenizedUnpaired`s (KTO) from unpaired rows, or from preference rows split into both labels."""
+    return _load(path, tokenizer, cfg, split, "unpaired", tokenize_unpaired)
+
+
+def _load(path, tokenizer, cfg: DataConfig, split: str, kind: str, tokenize: Callable) -> TokenizedDataset:
+    """Read, normalise and tokenize every row of ``path`` (see the module docstring).
+
+    The chosen ``data.chat_template`` is given to ``tokenizer`` (in place) first. A row may make
+    several examples (an oasst tree's paths, ranked responses' pairs); with a grouped format
+    (HelpSteer pairs) consecutive rows sharing the group field make one unit. A unit's examples
+    are kept or skipped together.
+    """
     source = str(path)
-    check_tokenizer(tokenizer, cfg)
+    try:  # a tokenizer that cannot serve this config is a data error (one line, exit 2), not a traceback
+        check_tokenizer(use_chat_template(tokenizer, cfg.chat_template), cfg)
+    except ValueError as e:
+        raise DataError(source, None, str(e)) from None
     fmt = None
     if cfg.format != "auto":
         try:
-            check_format(cfg.format, allowed, kind)
+            check_format(cfg.format, kind)
         except DataError as e:
             raise DataError(source, None, f"data.format: {e.reason}") from None
         fmt = cfg.format
-    examples: list = []
+    kept: list = []
     rows_read = skipped = 0
-    first_error: DataError | None = None
+    reasons: list[DataError] = []
+    group: list[tuple[int, dict]] = []
+
+    def reject(error: DataError, first_row: int, n_rows: int) -> None:
+        nonlocal skipped
+        located = error.located(source, first_row)
+        if cfg.on_error == "raise":
+            raise located from None
+        skipped += n_rows
+        if len(reasons) < KEPT_SKIP_REASONS:
+            reasons.append(located)
+
+    def add(first_row: int, n_rows: int, unit) -> None:
+        try:
+            kept.extend([tokenize(example, tokenizer, cfg) for example in examples(unit, fmt, kind, cfg)])
+        except DataError as e:
+            reject(e, first_row, n_rows)
+
     for number, row in read_rows(source, split, yield_errors=True):
-        if cfg.max_samples is not None and len(examples) >= cfg.max_samples:
+        if cfg.max_samples is not None and len(kept) >= cfg.max_samples:
             break
         rows_read += 1
         try:
             if isinstance(row, DataError):
                 raise row
-            row_format = fmt or detect_format_for(row, allowed, kind)
-            examples.append(make(row, row_format))
-            fmt = row_format
+            row = map_columns(row, cfg.columns)
+            fmt = fmt or detect_format(row, kind)
         except DataError as e:
-            located = e.located(source, number)
-            if cfg.on_error == "raise":
-                raise located from None
-            skipped += 1
-            first_error = first_error or located
+            reject(e, number, 1)
+            continue
+        key = FORMATS[fmt].group_by if kind == "preference" else None
+        if key is None:
+            add(number, 1, row)
+            continue
+        if group and group[0][1].get(key) != row.get(key):
+            add(group[0][0], len(group), [r for _, r in group])
+            group = []
+        group.append((number, row))
+    if group and (cfg.max_samples is None or len(kept) < cfg.max_samples):
+        add(group[0][0], len(group), [r for _, r in group])
+    if cfg.max_samples is not None:
+        del kept[cfg.max_samples:]
     if skipped:
-        logger.warning("skipped %d of %d rows in %s (first: row %s: %s)", skipped, rows_read, source, first_error.row, first_error.reason)
-    if not examples:
-        detail = f"all {rows_read} rows were skipped (first: row {first_error.row}: {first_error.reason})" if skipped else "it has no rows"
+        first = reasons[0]
+        logger.warning("skipped %d of %d rows in %s (first: row %s: %s)", skipped, rows_read, source, first.row, first.reason)
+    if not kept:
+        detail = (f"all {rows_read} rows were skipped (first: row {reasons[0].row}: {reasons[0].reason})" if skipped
+                  else "it has no rows")
         raise DataError(source, None, f"no usable {kind} examples: {detail}")
-    return TokenizedDataset(examples, source, fmt, rows_read, skipped)
+    return TokenizedDataset(kept, source, fmt, rows_read, skipped, reasons)
 
 
 class EpochSampler:

@@ -1,274 +1,194 @@
-"""Format adapters: raw dataset rows -> normalised prompt, SFT and preference examples.
+"""The data formats: one registry entry per published dataset shape, detected from a row's keys.
 
-Every example holds the prompt as chat messages (``[{"role", "content"}, ...]``); a plain
-string prompt becomes one user turn. Formats (``DataConfig.format``; ``"auto"`` detects
-them from the keys of a row, see `detect_format`):
+``data.format: auto`` (the default) detects the format from the keys of the first usable row
+(after ``data.columns`` renamed the file's columns to ours) and then requires it of every row;
+``data.format: NAME`` skips detection. The kinds: *prompt* (PPO and the other online
+algorithms; every format gives prompts), *SFT*, *preference* (DPO, reward models) and
+*unpaired* (KTO; a preference pair also splits into one desirable and one undesirable example).
 
-=========================  ===================================================================
-format                     row
-=========================  ===================================================================
-prompt                     ``prompt``: str
-messages                   ``messages``: list of turns. For prompts: the turns up to and
-                           including the last user turn. For SFT: the last turn is the
-                           assistant response, the turns before it the prompt.
-prompt_completion          ``prompt``, ``completion``: str
-prompt_chosen_rejected     ``prompt``, ``chosen``, ``rejected``: str
-chat_pairs                 ``chosen``, ``rejected``: turn lists sharing the prompt turns and
-                           ending in the assistant response (UltraFeedback-binarized). When
-                           both hold only the response, ``prompt`` (str or turns) is the prompt.
-hh_rlhf                    ``chosen``, ``rejected``: Anthropic HH transcripts
-                           ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``; the prompt is the shared
-                           turns before the final Assistant response.
-stack_exchange             ``question``; ``response_j`` (chosen), ``response_k`` (rejected)
-=========================  ===================================================================
+=======================  ============================================  ==========  ==========================================
+format                   keys of a row (``?`` optional)                kinds       published datasets of this shape
+=======================  ============================================  ==========  ==========================================
+prompt                   ``prompt``: str or turns                      prompt      any prompt list
+messages                 ``messages``: ``[{role, content}]`` (extra    SFT         HuggingFaceH4/no_robots, ultrachat_200k,
+                         keys in rows and turns are ignored)                       OpenAI-style chat files
+prompt_completion        ``prompt``, ``completion``                    SFT         TRL prompt-completion files
+openorca                 ``system_prompt``, ``question``, ``response`` SFT         Open-Orca/OpenOrca, SlimOrca-style
+alpaca                   ``instruction``, ``input?``, ``output``       SFT         tatsu-lab/alpaca, cognitivecomputations/dolphin
+sharegpt                 ``conversations``: ``[{from, value}]``,       SFT         ShareGPT dumps, OpenHermes, SlimOrca
+                         ``from`` in system/human/gpt
+oasst_tree               ``message_tree_id``, ``prompt``: a message    SFT         OpenAssistant oasst1/oasst2 ``*.trees.jsonl``
+                         tree (``role``, ``text``, ``rank``,
+                         ``replies``); one example per leaf path,
+                         best-ranked answer at every branch
+prompt_chosen_rejected   ``prompt``, ``chosen``, ``rejected``: str     preference  TRL preference files
+chat_pairs               ``chosen``, ``rejected``: turns sharing the   preference  HuggingFaceH4/ultrafeedback_binarized
+                         prompt turns (``prompt?``)
+hh_rlhf                  ``chosen``, ``rejected``: ``\\n\\nHuman:``     preference  Anthropic/hh-rlhf
+                         / ``\\n\\nAssistant:`` transcripts
+stack_exchange           ``question``, ``response_j``, ``response_k``  preference  lvwerra/stack-exchange-paired
+orca_dpo_pairs           ``system``, ``question``, ``chosen``,         preference  Intel/orca_dpo_pairs
+                         ``rejected``
+ultrafeedback            ``instruction``, ``completions``: ``[{        preference  openbmb/UltraFeedback (raw)
+                         response, overall_score, fine-grained_score,
+                         annotations}]``
+helpsteer                ``prompt``, ``response``, ``helpfulness``,    SFT,        nvidia/HelpSteer, nvidia/HelpSteer2
+                         correctness, coherence, complexity, verbosity preference
+ranked                   ``prompt``, ``responses`` (+ ``ranks`` or     preference  InstructGPT-style ranked completions
+                         ``scores``, or ``[{text, rank|score}]``)
+unpaired                 ``prompt``, ``completion``, ``label``: bool   unpaired    TRL unpaired preference (KTO) files
+=======================  ============================================  ==========  ==========================================
 
-Prompt datasets accept every format (the responses are ignored); SFT datasets accept
-``prompt_completion`` and ``messages``; preference datasets the last four. A malformed row
-raises `DataError` with the reason only; the loader adds the file and row.
+Pairs from scored responses (ultrafeedback, helpsteer, ranked) follow ``data.pairing``
+(`preference_formats.scored_pairs`: ``all`` K(K-1)/2 pairs, ``best_vs_rest``, ``best_vs_worst``)
+and rank by ``data.score_attribute``; HelpSteer pairs the consecutive rows of one prompt.
+
+Detection: the formats whose keys the row has (and whose value shapes it matches: ``chosen``
+as turns or text, a ``prompt`` tree) and which can make the wanted kind are candidates, except
+one whose keys are a subset of a matching format's that cannot (an unpaired row is not SFT
+data); the one with the most keys wins (``prompt`` only when nothing else matches). No candidate, or two with
+as many keys, is a `DataError` that lists the keys seen, the known formats and how to set
+``data.format`` and ``data.columns``.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+from typing import Callable
 
+from rlhf.config import DataConfig
+from rlhf.data import chat_formats as chat
+from rlhf.data import preference_formats as pref
 from rlhf.data.errors import DataError
+from rlhf.data.examples import Messages, PromptExample, UnpairedExample, plain_prompt
 
-PROMPT_FORMATS = ("prompt", "messages", "prompt_completion", "prompt_chosen_rejected", "chat_pairs", "hh_rlhf", "stack_exchange")
-SFT_FORMATS = ("prompt_completion", "messages")
-PREFERENCE_FORMATS = ("prompt_chosen_rejected", "chat_pairs", "hh_rlhf", "stack_exchange")
-
-Messages = list[dict]
+KINDS = ("prompt", "SFT", "preference", "unpaired")
 
 
-def plain_prompt(messages: Messages) -> str:
-    """The prompt as text without a chat template.
+@dataclass(frozen=True)
+class Format:
+    """One dataset shape: the keys that identify it and its adapters, one per kind it can make."""
 
-    One user turn is its content verbatim (so ``{"prompt": "3+4="}`` gives ``"3+4="``); several
-    turns are ``"role: content"`` blocks joined by blank lines.
+    name: str
+    keys: tuple[str, ...]
+    shape: Callable[[dict], bool] = lambda row: True  # value checks beyond the keys
+    prompt: Callable[[dict], Messages] | None = None  # default: the first example's prompt
+    sft: Callable | None = None
+    preference: Callable | None = None
+    unpaired: Callable | None = None
+    group_by: str | None = None  # preference pairs come from consecutive rows sharing this field
+    fallback: bool = False  # a candidate only when no other format matches
+
+    def supports(self, kind: str) -> bool:
+        if kind == "prompt":
+            return True
+        if kind == "unpaired":
+            return self.unpaired is not None or self.preference is not None
+        return getattr(self, kind.lower()) is not None
+
+
+def _is(key: str, kind: type) -> Callable[[dict], bool]:
+    return lambda row: isinstance(row.get(key), kind)
+
+
+_FORMATS = [
+    Format("prompt", ("prompt",), prompt=chat.prompt_prompt, fallback=True),
+    Format("messages", ("messages",), _is("messages", list), chat.messages_prompt, sft=chat.messages_sft),
+    Format("prompt_completion", ("prompt", "completion"), sft=chat.prompt_completion_sft),
+    Format("openorca", ("system_prompt", "question", "response"), sft=chat.openorca_sft),
+    Format("alpaca", ("instruction", "output"), prompt=chat.alpaca_prompt, sft=chat.alpaca_sft),
+    Format("sharegpt", ("conversations",), _is("conversations", list), chat.sharegpt_prompt, sft=chat.sharegpt_sft),
+    Format("oasst_tree", ("message_tree_id", "prompt"), _is("prompt", dict), chat.oasst_prompt, sft=chat.oasst_sft),
+    Format("prompt_chosen_rejected", ("prompt", "chosen", "rejected"), _is("chosen", str), preference=pref.prompt_chosen_rejected),
+    Format("chat_pairs", ("chosen", "rejected"), _is("chosen", list), preference=pref.chat_pairs),
+    Format("hh_rlhf", ("chosen", "rejected"), _is("chosen", str), preference=pref.hh_rlhf),
+    Format("stack_exchange", ("question", "response_j", "response_k"), preference=pref.stack_exchange),
+    Format("orca_dpo_pairs", ("system", "question", "chosen", "rejected"), preference=pref.orca_dpo_pairs),
+    Format("ultrafeedback", ("instruction", "completions"), _is("completions", list), preference=pref.ultrafeedback),
+    Format("helpsteer", ("prompt", "response", "helpfulness"), sft=pref.helpsteer_sft, preference=pref.helpsteer_pairs,
+           group_by="prompt"),
+    Format("ranked", ("prompt", "responses"), lambda row: isinstance(row.get("responses"), list)
+           and ("ranks" in row or "scores" in row or all(isinstance(r, dict) for r in row["responses"])),
+           preference=pref.ranked),
+    Format("unpaired", ("prompt", "completion", "label"), unpaired=pref.unpaired),
+]
+FORMATS: dict[str, Format] = {f.name: f for f in _FORMATS}
+# Row fields that `data.columns` may map a file's column to: every format's keys and the optional
+# top-level fields some adapters read besides them.
+FIELD_NAMES = frozenset(key for f in _FORMATS for key in f.keys) | {"input", "system", "ranks", "scores"}
+
+
+def formats_for(kind: str) -> tuple[str, ...]:
+    """Names of the formats that can make ``kind`` examples."""
+    return tuple(name for name, f in FORMATS.items() if f.supports(kind))
+
+
+def map_columns(row: dict, columns: dict[str, str]) -> dict:
+    """``row`` with ``data.columns`` applied: our field name -> the file's column name."""
+    if not columns:
+        return row
+    mapped = dict(row)
+    for ours, theirs in columns.items():
+        if theirs not in row:
+            raise DataError(None, None, f"data.columns maps {ours!r} to the column {theirs!r}, which this row lacks "
+                            f"(keys: {', '.join(sorted(row)) or 'none'})")
+        mapped[ours] = row[theirs]
+    return mapped
+
+
+def _help(row: dict, kind: str) -> str:
+    known = "; ".join(f"{name} ({', '.join(FORMATS[name].keys)})" for name in formats_for(kind))
+    return (f"the row has keys [{', '.join(sorted(row))}]; {kind} formats (keys): {known}. Set data.format to one "
+            "of them, and data.columns to map its field names to this file's columns, e.g. "
+            "data.columns='{prompt: question, completion: answer}'")
+
+
+def detect_format(row: dict, kind: str = "prompt") -> str:
+    """The format of ``row`` (columns already mapped) that can make ``kind`` examples (see the module doc)."""
+    matching = [f for f in _FORMATS if set(f.keys) <= set(row) and f.shape(row)]
+    # A row of a more specific format (unpaired: prompt, completion, label) is not read as one whose
+    # keys are a subset of its own (prompt_completion): SFT would train on undesirable completions.
+    wider = [f for f in matching if not f.supports(kind)]
+    candidates = [f for f in matching if f.supports(kind) and not any(set(f.keys) < set(w.keys) for w in wider)]
+    if not candidates:
+        closest = max(matching, key=lambda f: len(f.keys), default=None)
+        seen = f" (it looks like format {closest.name!r}, which cannot make {kind} examples)" if closest else ""
+        raise DataError(None, None, f"cannot detect the {kind} data format{seen}: {_help(row, kind)}")
+    preferred = [f for f in candidates if not f.fallback] or candidates
+    most = max(len(f.keys) for f in preferred)
+    best = [f for f in preferred if len(f.keys) == most]
+    if len(best) > 1:
+        raise DataError(None, None, f"ambiguous data format: the row matches {' and '.join(f.name for f in best)}; "
+                        f"{_help(row, kind)}")
+    return best[0].name
+
+
+def check_format(name: str, kind: str) -> Format:
+    """The registry entry ``name``; DataError when it cannot make ``kind`` examples."""
+    if name not in FORMATS or not FORMATS[name].supports(kind):
+        raise DataError(None, None, f"format {name!r} cannot be used for {kind} data; use one of {', '.join(formats_for(kind))}")
+    return FORMATS[name]
+
+
+def examples(row: dict, name: str, kind: str, cfg: DataConfig) -> list:
+    """The ``kind`` examples of one row of format ``name``.
+
+    ``kind == "preference"`` with a grouped format takes the group's rows as ``row`` (a list).
     """
-    if len(messages) == 1 and messages[0]["role"] == "user":
-        return messages[0]["content"]
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+    fmt = check_format(name, kind)
+    if kind == "prompt":
+        prompt = fmt.prompt(row) if fmt.prompt else _first_example(fmt, row, cfg).prompt_messages
+        return [PromptExample(prompt, plain_prompt(prompt))]
+    if kind == "unpaired" and fmt.unpaired is None:  # a pair is one desirable and one undesirable example
+        return [UnpairedExample(p.prompt_messages, completion, label) for p in fmt.preference(row, cfg)
+                for completion, label in ((p.chosen, True), (p.rejected, False))]
+    return getattr(fmt, kind.lower())(row, cfg)
 
 
-@dataclass(frozen=True)
-class PromptExample:
-    """A prompt for rollouts; ``raw_prompt`` is the untemplated text given to rule rewards."""
+def _first_example(fmt: Format, row: dict, cfg: DataConfig):
+    for kind in ("sft", "preference", "unpaired"):
+        adapter = getattr(fmt, kind)
+        if adapter is not None and not (kind == "preference" and fmt.group_by):
+            return adapter(row, cfg)[0]
+    raise DataError(None, None, f"format {fmt.name!r} has no prompt")
 
-    prompt_messages: Messages
-    raw_prompt: str
-
-
-@dataclass(frozen=True)
-class SFTExample:
-    """A prompt and the target completion (the assistant response)."""
-
-    prompt_messages: Messages
-    completion: str
-
-    @property
-    def raw_prompt(self) -> str:
-        return plain_prompt(self.prompt_messages)
-
-
-@dataclass(frozen=True)
-class PreferenceExample:
-    """A prompt with a preferred (``chosen``) and a dispreferred (``rejected``) response."""
-
-    prompt_messages: Messages
-    chosen: str
-    rejected: str
-
-    @property
-    def raw_prompt(self) -> str:
-        return plain_prompt(self.prompt_messages)
-
-
-def detect_format(row: dict) -> str:
-    """The format of ``row`` from its keys (first match wins, in this order).
-
-    question+response_j+response_k -> stack_exchange; chosen+rejected -> chat_pairs when
-    ``chosen`` is a list, else prompt_chosen_rejected when there is a ``prompt``, else hh_rlhf;
-    messages -> messages; prompt+completion -> prompt_completion; prompt -> prompt.
-    """
-    keys = set(row)
-    if {"question", "response_j", "response_k"} <= keys:
-        return "stack_exchange"
-    if {"chosen", "rejected"} <= keys:
-        if isinstance(row["chosen"], list):
-            return "chat_pairs"
-        return "prompt_chosen_rejected" if "prompt" in keys else "hh_rlhf"
-    if "messages" in keys:
-        return "messages"
-    if {"prompt", "completion"} <= keys:
-        return "prompt_completion"
-    if "prompt" in keys:
-        return "prompt"
-    raise DataError(None, None, f"cannot detect the data format from the keys {sorted(keys)}; expected prompt, "
-                    "prompt+completion, messages, prompt+chosen+rejected, chosen+rejected (chat turns or HH "
-                    "transcripts) or question+response_j+response_k (or set data.format)")
-
-
-def check_format(fmt: str, allowed: tuple[str, ...], kind: str) -> None:
-    """Raise DataError when format ``fmt`` cannot make ``kind`` examples."""
-    if fmt not in allowed:
-        raise DataError(None, None, f"format {fmt!r} cannot be used for {kind} data; use one of {', '.join(allowed)}")
-
-
-def detect_format_for(row: dict, allowed: tuple[str, ...], kind: str) -> str:
-    """`detect_format`, raising DataError (naming the row's keys) when the result cannot make ``kind`` examples."""
-    fmt = detect_format(row)
-    if fmt not in allowed:
-        raise DataError(None, None, f"the keys {sorted(row)} look like format {fmt!r}, but {kind} data needs "
-                        f"one of {', '.join(allowed)}")
-    return fmt
-
-
-# ---- field access -------------------------------------------------------------------------
-
-def _field(row: dict, name: str):
-    if name not in row or row[name] is None:
-        raise DataError(None, None, f"missing field {name!r} (row has keys: {', '.join(sorted(row)) or 'none'})")
-    return row[name]
-
-
-def _text(row: dict, name: str, what: str | None = None) -> str:
-    """A non-empty string field (``what`` names it in the empty-value error, e.g. 'response')."""
-    value = _field(row, name)
-    if not isinstance(value, str):
-        raise DataError(None, None, f"field {name!r} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(None, None, f"empty {what or 'field'} in {name!r}")
-    return value
-
-
-def _messages(value, name: str) -> Messages:
-    if not isinstance(value, list):
-        raise DataError(None, None, f"field {name!r} must be a list of {{role, content}} turns, got {type(value).__name__}")
-    if not value:
-        raise DataError(None, None, f"field {name!r} has no turns")
-    turns = []
-    for i, turn in enumerate(value, start=1):
-        if not isinstance(turn, dict):
-            raise DataError(None, None, f"field {name!r}: turn {i} must be an object, got {type(turn).__name__}")
-        for key in ("role", "content"):
-            if key not in turn or turn[key] is None:
-                raise DataError(None, None, f"field {name!r}: turn {i} has no {key!r}")
-            if not isinstance(turn[key], str):
-                raise DataError(None, None, f"field {name!r}: turn {i} {key!r} must be a string, got {type(turn[key]).__name__}")
-        turns.append({"role": turn["role"], "content": turn["content"]})
-    return turns
-
-
-def _split_response(turns: Messages, name: str) -> tuple[Messages, str]:
-    """(prompt turns, response) of a conversation whose last turn is the assistant response."""
-    last = turns[-1]
-    if last["role"] != "assistant":
-        raise DataError(None, None, f"field {name!r}: the last turn must be the assistant response, got role {last['role']!r}")
-    if not last["content"].strip():
-        raise DataError(None, None, f"empty response in {name!r}")
-    return turns[:-1], last["content"]
-
-
-def _user_prompt(text: str) -> Messages:
-    return [{"role": "user", "content": text}]
-
-
-def _prompt_field(row: dict) -> Messages:
-    """``prompt`` as a string (one user turn) or as a list of turns."""
-    value = _field(row, "prompt")
-    if isinstance(value, list):
-        return _messages(value, "prompt")
-    return _user_prompt(_text(row, "prompt", "prompt"))
-
-
-# ---- HH-RLHF transcripts -------------------------------------------------------------------
-
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
-_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
-def _hh_turns(row: dict, name: str) -> Messages:
-    value = _field(row, name)
-    if not isinstance(value, str):
-        raise DataError(None, None, f"field {name!r} must be a string, got {type(value).__name__}")
-    parts = _HH_TURN.split("\n\n" + value.lstrip())
-    if parts[0].strip() or len(parts) < 3:
-        raise DataError(None, None, f"field {name!r} is not an HH transcript of '\\n\\nHuman: ...' and "
-                        "'\\n\\nAssistant: ...' turns")
-    return [{"role": _HH_ROLES[role], "content": content.strip()} for role, content in zip(parts[1::2], parts[2::2])]
-
-
-# ---- shared prompt of two conversations ------------------------------------------------------
-
-def _shared_prompt(chosen: Messages, rejected: Messages, what: str) -> Messages:
-    if chosen != rejected:
-        for i, (a, b) in enumerate(zip(chosen, rejected), start=1):
-            if a != b:
-                break
-        else:
-            i = min(len(chosen), len(rejected)) + 1
-        raise DataError(None, None, f"chosen and rejected {what} do not share the same prompt turns "
-                        f"(they differ at turn {i}: {len(chosen)} vs {len(rejected)} prompt turns)")
-    return chosen
-
-
-# ---- adapters --------------------------------------------------------------------------------
-
-def _preference(row: dict, fmt: str) -> tuple[Messages, str, str]:
-    if fmt == "prompt_chosen_rejected":
-        return _prompt_field(row), _text(row, "chosen", "response"), _text(row, "rejected", "response")
-    if fmt == "stack_exchange":
-        return (_user_prompt(_text(row, "question", "question")),
-                _text(row, "response_j", "response"), _text(row, "response_k", "response"))
-    if fmt == "chat_pairs":
-        chosen_prompt, chosen = _split_response(_messages(_field(row, "chosen"), "chosen"), "chosen")
-        rejected_prompt, rejected = _split_response(_messages(_field(row, "rejected"), "rejected"), "rejected")
-        prompt = _shared_prompt(chosen_prompt, rejected_prompt, "conversations")
-        if not prompt:
-            if "prompt" not in row:
-                raise DataError(None, None, "chosen and rejected hold only the response and there is no 'prompt' field")
-            prompt = _prompt_field(row)
-        return prompt, chosen, rejected
-    if fmt == "hh_rlhf":
-        chosen_prompt, chosen = _split_response(_hh_turns(row, "chosen"), "chosen")
-        rejected_prompt, rejected = _split_response(_hh_turns(row, "rejected"), "rejected")
-        prompt = _shared_prompt(chosen_prompt, rejected_prompt, "transcripts")
-        if not prompt:
-            raise DataError(None, None, "HH transcript has no Human turn before the final Assistant response")
-        return prompt, chosen, rejected
-    raise DataError(None, None, f"format {fmt!r} is not a preference format")
-
-
-def to_prompt_example(row: dict, fmt: str) -> PromptExample:
-    """A prompt from a row of any format (``fmt`` resolved, not 'auto')."""
-    if fmt in ("prompt", "prompt_completion"):
-        prompt = _prompt_field(row)
-    elif fmt == "messages":
-        turns = _messages(_field(row, "messages"), "messages")
-        last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)
-        if last_user is None:
-            raise DataError(None, None, "field 'messages' has no user turn")
-        prompt = turns[: last_user + 1]
-    else:
-        check_format(fmt, PROMPT_FORMATS, "prompt")
-        prompt = _preference(row, fmt)[0]
-    return PromptExample(prompt, plain_prompt(prompt))
-
-
-def to_sft_example(row: dict, fmt: str) -> SFTExample:
-    """A prompt and completion from a ``prompt_completion`` or ``messages`` row."""
-    check_format(fmt, SFT_FORMATS, "SFT")
-    if fmt == "prompt_completion":
-        return SFTExample(_prompt_field(row), _text(row, "completion", "response"))
-    prompt, response = _split_response(_messages(_field(row, "messages"), "messages"), "messages")
-    if not prompt:
-        raise DataError(None, None, "field 'messages' has no prompt turns before the assistant response")
-    return SFTExample(prompt, response)
-
-
-def to_preference_example(row: dict, fmt: str) -> PreferenceExample:
-    """A prompt with chosen and rejected responses from a row of a preference format."""
-    check_format(fmt, PREFERENCE_FORMATS, "preference")
-    return PreferenceExample(*_preference(row, fmt))

@@ -19,6 +19,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf.config import RLHFConfig
+from rlhf.registry import get_algorithm
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +52,20 @@ def connect_ray(cfg: RLHFConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS")
+    # Quiet console (rlhf.drivers.console): the actors' lines stay in their log files, Ray's own show warnings only.
+    verbose = cfg.logging.verbose
+    ray_logging = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
         log.info("connecting to Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **ray_logging)
     else:
         log.info("no RAY_ADDRESS: joining a Ray cluster started on this machine, or starting a local one")
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, **ray_logging)
 
 
 def active_roles(cfg: RLHFConfig) -> list[str]:
-    """The roles the configured algorithm runs as separate actors."""
-    algo = cfg.algorithm.name
-    if algo == "ppo":
-        roles = ["policy", "reward", "critic", "rollout"]
-        if not cfg.model.reference_from_base:
-            roles.insert(1, "reference")
-        return roles
-    if algo == "dpo":
-        return ["policy"] if cfg.model.reference_from_base else ["policy", "reference"]
-    return ["policy"]
+    """The roles the configured algorithm runs as separate actors (its registry entry says which)."""
+    return get_algorithm(cfg.algorithm.name).roles(cfg)
 
 
 def role_specs(cfg: RLHFConfig) -> dict[str, RoleSpec]:

@@ -16,10 +16,9 @@ import time
 import torch
 
 from rlhf.algorithms.reward import pairwise_accuracy, pairwise_loss
-from rlhf.config import RLHFConfig
 from rlhf.data.collate import collate_preference
 from rlhf.data.datasets import load_preference_dataset
-from rlhf.drivers.offline import OfflineDriver, load_splits, start_group
+from rlhf.drivers.offline import OfflineDriver, load_splits
 from rlhf.workers.group import WorkerGroup
 from rlhf.workers.reward_trainer import RewardTrainer
 
@@ -36,7 +35,7 @@ class RMDriver(OfflineDriver):
 
     def create_roles(self) -> dict[str, WorkerGroup]:
         # The trained model is the plan's "policy" (cluster.active_roles): its pool and resources.
-        group = start_group(self.cfg, self.pools, RewardTrainer, self.cfg, None, self.total_steps, role="reward", pool="policy")
+        group = self.start_group(RewardTrainer, self.cfg, None, self.total_steps, role="reward", pool="policy")
         return {"reward": group}
 
     def train_step(self, indices: list[int]) -> dict[str, float]:
@@ -56,7 +55,3 @@ class RMDriver(OfflineDriver):
             "eval/loss": pairwise_loss(chosen, rejected, self.cfg.algorithm.rm.margin).mean().item(),
             "eval/accuracy": pairwise_accuracy(chosen, rejected).item(),
         }
-
-
-def run_rm(cfg: RLHFConfig) -> dict:
-    return RMDriver(cfg).run()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-from rlhf.config import RLHFConfig
 from rlhf.data.collate import collate_sft
 from rlhf.data.datasets import load_sft_dataset
 from rlhf.drivers.offline import OfflineDriver, load_splits
@@ -40,7 +39,3 @@ class SFTDriver(OfflineDriver):
             logprob_sum += WorkerGroup.gather_cat(self.trainer.scatter("sequence_logprobs", batch)).sum().item()
             tokens += batch["loss_mask"][:, 1:].sum().item()
         return {"eval/loss": -logprob_sum / tokens}
-
-
-def run_sft(cfg: RLHFConfig) -> dict:
-    return SFTDriver(cfg).run()

@@ -46,14 +46,40 @@ def response_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return _response_slice(out.logits[..., 0], response_len).float()
 
 
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B] index of each row's last real token (the rightmost 1 of the mask): left or right padding alike."""
+    return attention_mask.shape[1] - 1 - attention_mask.flip(-1).long().argmax(-1)
+
+
 def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The reward model's scalar at each sequence's last real token (robust to left and right padding)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
-    logits = out.logits
-    if logits.dim() == 2:  # sequence-classification head already pooled
-        return logits[:, 0].float()
-    last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).long().argmax(-1)
-    return logits[torch.arange(logits.shape[0]), last, 0].float()
+    """The reward model's scalar at each row's last real token by the attention mask: [B], float32.
+
+    The last real token is the EOS when the response ended. Transformers' own pooling in
+    ``*ForSequenceClassification`` picks the last token that is not ``config.pad_token_id``, which
+    is wrong whenever pad = EOS (tokenizers without a pad token: Llama-3, Mistral; the EOS is then
+    skipped) or the batch was padded with another id. So the per-token output of the head module
+    (``score``) is taken from the ordinary forward (through whatever wraps the model: DeepSpeed,
+    peft) and read at the index the mask gives; the score therefore does not depend on padding
+    side, pad id or the other rows of the batch. A token-classification model (a head output per
+    token) is read the same way.
+    """
+    head = _score_head(model)
+    per_token = []
+    hook = head.register_forward_hook(lambda _module, _inputs, output: per_token.append(output))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    finally:
+        hook.remove()
+    last = last_real_index(attention_mask).to(per_token[0].device)
+    return per_token[0][torch.arange(input_ids.shape[0], device=last.device), last, 0].float()
+
+
+def _score_head(model) -> torch.nn.Module:
+    """The outermost module named ``score`` (the 1-label head of transformers' decoder classifiers)."""
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "score":
+            return module
+    raise ValueError(f"{type(model).__name__} has no 'score' head module: not a transformers decoder classifier")
 
 
 # -- full sequences (SFT, DPO, reward-model training): right-padded [B, T], loss_mask on response tokens --

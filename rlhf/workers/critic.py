@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from rlhf.algorithms.loss_agg import agg_count
 from rlhf.algorithms.ppo import value_loss
 from rlhf.config import RLHFConfig
 from rlhf.models.forward import response_values
 from rlhf.models.loading import load_value_model
-from rlhf.workers.trainer_base import Batch, TrainerBase
+from rlhf.workers.trainer_base import Batch, MicroBatchLoss, TrainerBase
 
 
 class CriticTrainer(TrainerBase):
@@ -46,15 +47,23 @@ class CriticTrainer(TrainerBase):
         """One optimizer step of the clipped value loss (algorithm.ppo.value_clip) on this rank's shard.
 
         minibatch: input_ids, attention_mask, response_mask, old_values [B, R], returns [B, R].
-        The loss backpropagated is value_loss_coef * loss; value/loss reports the unscaled loss.
+        The loss is aggregated over the whole step with trainer.loss_agg_mode; the loss backpropagated
+        is value_loss_coef * loss; value/loss reports the unscaled loss.
         Returns value/loss, value/clipfrac, value/grad_norm, value/lr.
         """
         ppo = self.cfg.algorithm.ppo
+        mode = self.cfg.trainer.loss_agg_mode
 
-        def loss_fn(mb):
+        def count_fn(mb):
+            return {"response": agg_count(mb["response_mask"], mode)}
+
+        def loss_fn(mb, counts):
             mask = mb["response_mask"]
             values = response_values(self.engine, mb["input_ids"], mb["attention_mask"], mask.shape[1])
-            loss, stats = value_loss(values, mb["old_values"].to(values.dtype), mb["returns"].to(values.dtype), mask, ppo.value_clip)
-            return ppo.value_loss_coef * loss, {"value/loss": loss.detach(), "value/clipfrac": stats["clipfrac"]}
+            loss, stats = value_loss(
+                values, mb["old_values"].to(values.dtype), mb["returns"].to(values.dtype), mask, ppo.value_clip,
+                mode, counts["response"],
+            )
+            return MicroBatchLoss(ppo.value_loss_coef * loss, {"value/loss": loss.detach(), "value/clipfrac": stats["clipfrac"]})
 
-        return self._train_on(minibatch, loss_fn)
+        return self._train_on(minibatch, count_fn, loss_fn)

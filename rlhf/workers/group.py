@@ -10,6 +10,8 @@ into errors that name the role, the actor and the method:
     RoleFailedError   "<role> actor <i> failed in <method>: <ExceptionType>: <message>"
 
 A RoleFailedError keeps Ray's RayTaskError (with the remote traceback) as its __cause__.
+Every call is submitted through `_submit`, where an armed `FaultInjector` (debug.fail_at) may
+swap the chosen call for a failure inside that actor.
 """
 
 from __future__ import annotations
@@ -23,9 +25,16 @@ import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from rlhf.workers.actor_logs import actor_log_file, with_log_file
+from rlhf.workers.faults import FaultInjector, fail_inside_actor
+
 
 class WorkerError(RuntimeError):
-    """A role's actors failed as a group: timed out or died."""
+    """A role's actors failed as a group: timed out or died. ``actors``: the indices of the actors at fault."""
+
+    def __init__(self, message: str, actors: Sequence[int] = ()):
+        super().__init__(message)
+        self.actors = list(actors)
 
 
 class RoleTimeoutError(WorkerError):
@@ -82,8 +91,12 @@ class WorkerGroup:
     actor_options: Ray options for every actor (a dict) or one dict per actor (a list), e.g.
     num_cpus, num_gpus and a PlacementGroupSchedulingStrategy for its bundle. Alternatively
     ``placement_group`` with ``bundle_indices`` (one per actor) places actor i in bundle
-    bundle_indices[i]. Each actor is built as ``actor_cls(*init_args, **init_kwargs)``;
+    bundle_indices[i]. Each actor is built as ``actor_cls(*init_args, **init_kwargs)``, plus
+    ``index_kwarg=i`` (its index in the group) when ``index_kwarg`` names a keyword;
     ``actor_cls`` is a plain class (wrapped with ray.remote here) or an existing ray.remote class.
+    ``faults``: the run's fault injector (debug.fail_at), consulted for every call.
+    ``startup_timeout_s`` bounds `wait_ready` and `setup_distributed` (default: call_timeout_s).
+    ``log_dir``: actor i's output goes to <log_dir>/<role>-<i>.log instead of Ray's log stream.
     """
 
     def __init__(
@@ -97,11 +110,20 @@ class WorkerGroup:
         call_timeout_s: float = 600.0,
         placement_group=None,
         bundle_indices: Sequence[int] | None = None,
+        index_kwarg: str | None = None,
+        faults: FaultInjector | None = None,
+        startup_timeout_s: float | None = None,
+        log_dir: str | None = None,
     ):
         if num_actors < 1:
             raise ValueError(f"{role}: num_actors must be >= 1, got {num_actors}")
         self.role = role
+        self.faults = faults
+        if faults is not None:
+            faults.check_methods(role, actor_cls)
         self.call_timeout_s = float(call_timeout_s)
+        # Constructors and process-group setup load models: they get their own, usually longer, bound.
+        self.startup_timeout_s = float(startup_timeout_s) if startup_timeout_s is not None else self.call_timeout_s
         if actor_options is None or isinstance(actor_options, dict):
             per_actor = [dict(actor_options or {}) for _ in range(num_actors)]
         else:
@@ -118,8 +140,21 @@ class WorkerGroup:
                 opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=index
                 )
-        remote_cls = actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else ray.remote(actor_cls)
-        self.actors = [remote_cls.options(**opts).remote(*init_args, **(init_kwargs or {})) for opts in per_actor]
+        if isinstance(actor_cls, ray.actor.ActorClass):
+            self._remote_cls, log_dir = actor_cls, None
+        else:
+            self._remote_cls = ray.remote(with_log_file(actor_cls) if log_dir is not None else actor_cls)
+        self._log_dir, self._index_kwarg = log_dir, index_kwarg
+        self._options, self._init_args, self._init_kwargs = per_actor, tuple(init_args), dict(init_kwargs or {})
+        self.actors = [self._new_actor(i) for i in range(num_actors)]
+
+    def _new_actor(self, index: int):
+        kwargs = dict(self._init_kwargs)
+        if self._index_kwarg is not None:
+            kwargs[self._index_kwarg] = index
+        if self._log_dir is not None:
+            kwargs["rlhf_log_file"] = actor_log_file(self._log_dir, self.role, index)
+        return self._remote_cls.options(**self._options[index]).remote(*self._init_args, **kwargs)
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -133,13 +168,20 @@ class WorkerGroup:
         """The same call on every actor, concurrently; results in actor order."""
         return self.run_all_async(method, *args, **kwargs).wait()
 
+    def _submit(self, index: int, method: str, *args, **kwargs):
+        """Submit ``method`` to actor ``index``: the one place calls start, so faults can be injected."""
+        fault = self.faults.actor_fault(self.role, index, method) if self.faults is not None else None
+        if fault is not None:
+            return self.actors[index].__ray_call__.remote(fail_inside_actor, *fault)
+        return getattr(self.actors[index], method).remote(*args, **kwargs)
+
     def run_all_async(self, method: str, *args, **kwargs) -> PendingCall:
-        refs = [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
+        refs = [self._submit(i, method, *args, **kwargs) for i in range(len(self.actors))]
         return PendingCall(self, refs, method, list(range(len(self.actors))))
 
     def rank0(self, method: str, *args, **kwargs):
         """The call on actor 0 only (under ZeRO-3, methods that gather weights need run_all instead)."""
-        return self._wait([getattr(self.actors[0], method).remote(*args, **kwargs)], method, [0])[0]
+        return self._wait([self._submit(0, method, *args, **kwargs)], method, [0])[0]
 
     def scatter(self, method: str, *args, **kwargs) -> list:
         """Split each positional argument along dim 0 across the actors (see `split_evenly`) and call
@@ -149,10 +191,7 @@ class WorkerGroup:
     def scatter_async(self, method: str, *args, **kwargs) -> PendingCall:
         n = len(self.actors)
         shards = [split_evenly(arg, n) for arg in args]
-        refs = [
-            getattr(actor, method).remote(*[shard[i] for shard in shards], **kwargs)
-            for i, actor in enumerate(self.actors)
-        ]
+        refs = [self._submit(i, method, *[shard[i] for shard in shards], **kwargs) for i in range(n)]
         return PendingCall(self, refs, method, list(range(n)))
 
     def run_each(self, method: str, args_per_actor: Sequence[Sequence[Any]], **kwargs) -> list:
@@ -162,7 +201,7 @@ class WorkerGroup:
     def run_each_async(self, method: str, args_per_actor: Sequence[Sequence[Any]], **kwargs) -> PendingCall:
         if len(args_per_actor) != len(self.actors):
             raise ValueError(f"{self.role}: {len(args_per_actor)} argument tuples for {len(self.actors)} actors")
-        refs = [getattr(actor, method).remote(*args, **kwargs) for actor, args in zip(self.actors, args_per_actor)]
+        refs = [self._submit(i, method, *args, **kwargs) for i, args in enumerate(args_per_actor)]
         return PendingCall(self, refs, method, list(range(len(refs))))
 
     def node_ids(self) -> list[str]:
@@ -185,14 +224,21 @@ class WorkerGroup:
     # -- process group ------------------------------------------------------------------------------
     def setup_distributed(self) -> None:
         """Rank 0 picks the rendezvous address; then every actor joins (and builds its engine) at once."""
-        addr, port = self.rank0("master_address")
+        addr, port = self._wait([self._submit(0, "master_address")], "master_address", [0], self.startup_timeout_s)[0]
         world = len(self.actors)
-        self.run_each("setup_distributed", [(addr, port, rank, world) for rank in range(world)])
+        refs = [self._submit(rank, "setup_distributed", addr, port, rank, world) for rank in range(world)]
+        self._wait(refs, "setup_distributed", list(range(world)), self.startup_timeout_s)
 
     def wait_ready(self) -> None:
         """Block until every actor's constructor has finished (raises RoleDiedError if one failed)."""
         refs = [actor.__ray_ready__.remote() for actor in self.actors]
-        self._wait(refs, "__init__", list(range(len(refs))))
+        self._wait(refs, "__init__", list(range(len(refs))), self.startup_timeout_s)
+
+    def restart(self, index: int) -> None:
+        """Replace actor ``index`` (dead or hung) by a new one built the same way, in the same bundle; waits until it is ready."""
+        ray.kill(self.actors[index], no_restart=True)
+        self.actors[index] = self._new_actor(index)
+        self._wait([self.actors[index].__ray_ready__.remote()], "__init__", [index], self.startup_timeout_s)
 
     def kill(self) -> None:
         """End every actor of the group now (no cleanup runs inside them)."""
@@ -200,13 +246,14 @@ class WorkerGroup:
             ray.kill(actor, no_restart=True)  # a no-op for an actor that is already dead
 
     # -- the one place results are awaited -------------------------------------------------------------
-    def _wait(self, refs: list, method: str, actor_indices: list[int]) -> list:
-        """Results of ``refs`` in order, within call_timeout_s in total.
+    def _wait(self, refs: list, method: str, actor_indices: list[int], timeout_s: float | None = None) -> list:
+        """Results of ``refs`` in order, within ``timeout_s`` (default call_timeout_s) in total.
 
         Refs are collected as they finish, so an actor that died is reported at once even
         while its peers are still busy (often blocked in a collective with it).
         """
-        deadline = time.monotonic() + self.call_timeout_s
+        timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         index_of = {ref: i for i, ref in enumerate(refs)}
         results: list = [None] * len(refs)
         pending = list(refs)
@@ -215,7 +262,7 @@ class WorkerGroup:
             if remaining <= 0:
                 busy = sorted(actor_indices[index_of[r]] for r in pending)
                 raise RoleTimeoutError(
-                    f"{self.role} did not answer {method} within {self.call_timeout_s:g} s (actors {busy} still busy)"
+                    f"{self.role} did not answer {method} within {timeout_s:g} s (actors {busy} still busy)", busy
                 )
             ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
             for ref in ready:
@@ -223,11 +270,14 @@ class WorkerGroup:
                 try:
                     results[i] = ray.get(ref, timeout=0)
                 except RayActorError as exc:
-                    raise RoleDiedError(f"{self.role} actor {actor_indices[i]} died during {method}: {_describe(exc)}") from exc
+                    raise RoleDiedError(
+                        f"{self.role} actor {actor_indices[i]} died during {method}: {_describe(exc)}", [actor_indices[i]]
+                    ) from exc
                 except RayTaskError as exc:
                     cause = exc.cause if exc.cause is not None else exc
                     raise RoleFailedError(
-                        f"{self.role} actor {actor_indices[i]} failed in {method}: {type(cause).__name__}: {cause}"
+                        f"{self.role} actor {actor_indices[i]} failed in {method}: {type(cause).__name__}: {cause}",
+                        [actor_indices[i]],
                     ) from exc
                 except GetTimeoutError:  # pragma: no cover - a ready ref does not time out
                     pending.append(ref)

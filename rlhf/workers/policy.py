@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from rlhf.algorithms.dpo import dpo_loss
+from rlhf.algorithms.dpo import dpo_loss, preference_logps
 from rlhf.algorithms.logprobs import logprobs_from_logits, sequence_logprobs
-from rlhf.algorithms.masked import masked_mean
-from rlhf.algorithms.ppo import policy_loss
+from rlhf.algorithms.loss_agg import agg_count, row_share
+from rlhf.algorithms.policy_loss import PolicyObjective
 from rlhf.algorithms.reward import pairwise_accuracy
 from rlhf.algorithms.sft import sft_loss
 from rlhf.config import RLHFConfig
@@ -24,7 +24,7 @@ from rlhf.data.collate import pairs_as_rows
 from rlhf.models.forward import masked_sequence_logprobs, next_token_logits, response_logprobs
 from rlhf.models.loading import load_causal_lm
 from rlhf.models.saving import export_merged_state_dict, export_units, is_peft_model
-from rlhf.workers.trainer_base import Batch, TrainerBase
+from rlhf.workers.trainer_base import Batch, MicroBatchLoss, TrainerBase
 
 
 class PolicyTrainer(TrainerBase):
@@ -81,90 +81,110 @@ class PolicyTrainer(TrainerBase):
 
     # -- training --------------------------------------------------------------------------------
     def ppo_step(self, minibatch: Batch) -> dict[str, float]:
-        """One optimizer step of the clipped PPO objective (plus the entropy bonus) on this rank's shard.
+        """One optimizer step of the policy objective (`rlhf.algorithms.policy_loss.PolicyObjective`) on this rank's shard.
 
-        minibatch: input_ids, attention_mask, response_mask, old_logprobs [B, R], advantages [B, R].
-        loss = policy_loss(logp, old_logp, A, mask, clip_eps) - entropy_coef * mean_masked(entropy)
-        Returns policy/loss (the clipped surrogate), policy/clipfrac, policy/approx_kl,
-        policy/entropy, policy/grad_norm, policy/lr, averaged over micro-batches and ranks.
+        minibatch: input_ids, attention_mask, response_mask, old_logprobs [B, R], advantages [B, R];
+        ref_logprobs [B, R] when algorithm.ppo.kl_loss_coef > 0; rollout_logprobs [B, R] when
+        algorithm.ppo.rollout_is_cap is set. Losses and metrics are aggregated over the whole step
+        with trainer.loss_agg_mode. Returns policy/loss (the policy-gradient term), policy/clipfrac,
+        policy/dual_clipfrac, policy/approx_kl, policy/entropy, (policy/kl_loss), (policy/rollout_is_ratio_mean,
+        _max, policy/rollout_is_clipfrac), policy/grad_norm, policy/lr.
         """
         ppo = self.cfg.algorithm.ppo
+        mode = self.cfg.trainer.loss_agg_mode
         temperature = self.cfg.rollout.temperature
+        objective = PolicyObjective(
+            loss_type=ppo.policy_loss_type, clip_eps=ppo.clip_eps, clip_eps_low=ppo.clip_eps_low,
+            clip_eps_high=ppo.clip_eps_high, clip_ratio_c=ppo.clip_ratio_c, entropy_coef=ppo.entropy_coef,
+            kl_loss_coef=ppo.kl_loss_coef, kl_loss_estimator=ppo.kl_loss_estimator,
+            rollout_is_cap=ppo.rollout_is_cap, loss_agg_mode=mode,
+        )
         if self._transport is not None:
             self._transport.wait()  # a pending send may still read the weights this step changes
 
-        def loss_fn(mb):
-            mask = mb["response_mask"]
-            R = mask.shape[1]
-            logp, entropy = response_logprobs(
-                self.engine, mb["input_ids"], mb["attention_mask"], R, temperature, with_entropy=True
-            )
-            pg_loss, stats = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask, ppo.clip_eps)
-            mean_entropy = masked_mean(entropy, mask)
-            loss = pg_loss - ppo.entropy_coef * mean_entropy if ppo.entropy_coef > 0 else pg_loss
-            return loss, {
-                "policy/loss": pg_loss.detach(),
-                "policy/clipfrac": stats["clipfrac"],
-                "policy/approx_kl": stats["approx_kl"],
-                "policy/entropy": mean_entropy.detach(),
-            }
+        def count_fn(mb):
+            return {"response": agg_count(mb["response_mask"], mode)}
 
-        return self._train_on(minibatch, loss_fn)
+        def loss_fn(mb, counts):
+            mask = mb["response_mask"]
+            logp, entropy = response_logprobs(
+                self.engine, mb["input_ids"], mb["attention_mask"], mask.shape[1], temperature, with_entropy=True
+            )
+            loss, shares, maxima = objective(
+                logp, mb["old_logprobs"], mb["advantages"], mask, entropy=entropy,
+                ref_logp=mb.get("ref_logprobs"), rollout_logp=mb.get("rollout_logprobs"), count=counts["response"],
+            )
+            return MicroBatchLoss(loss, _prefixed(shares), _prefixed(maxima))
+
+        return self._train_on(minibatch, count_fn, loss_fn)
 
     def sft_step(self, minibatch: Batch) -> dict[str, float]:
         """One optimizer step of supervised fine-tuning on this rank's shard.
 
         minibatch: input_ids, attention_mask, loss_mask [B, T] (`rlhf.data.collate.collate_sft`).
-        loss = sft_loss (token-mean NLL of the response tokens). Returns loss, policy/grad_norm, policy/lr.
+        loss = sft_loss, the NLL of the response tokens aggregated over the whole step with
+        trainer.loss_agg_mode. Returns loss, policy/grad_norm, policy/lr.
         """
+        mode = self.cfg.trainer.loss_agg_mode
 
-        def loss_fn(mb):
+        def count_fn(mb):
+            return {"labels": agg_count(mb["loss_mask"][:, 1:], mode)}
+
+        def loss_fn(mb, counts):
             logits = next_token_logits(self.engine, mb["input_ids"], mb["attention_mask"])
-            loss = sft_loss(logits, mb["input_ids"][:, 1:], mb["loss_mask"][:, 1:])
-            return loss, {"loss": loss.detach()}
+            loss = sft_loss(logits, mb["input_ids"][:, 1:], mb["loss_mask"][:, 1:], mode, counts["labels"])
+            return MicroBatchLoss(loss, {"loss": loss.detach()})
 
-        return self._train_on(minibatch, loss_fn)
+        return self._train_on(minibatch, count_fn, loss_fn)
 
     def dpo_step(self, minibatch: Batch) -> dict[str, float]:
         """One optimizer step of the DPO loss (algorithm.dpo) on this rank's shard of preference pairs.
 
         minibatch: chosen_/rejected_ {input_ids, attention_mask, loss_mask} [B, T]
         (`rlhf.data.collate.collate_preference`) and the reference's ref_chosen_logps,
-        ref_rejected_logps [B]. Chosen and rejected go through the model in one forward pass
-        ([2B, T]). loss = mean_b dpo_loss + nll_coef * sft_loss(chosen) (RPO; only when nll_coef > 0).
+        ref_rejected_logps [B] (summed, or length-averaged for IPO: `preference_logps`). Chosen and rejected
+        go through the model in one forward pass ([2B, T]). loss = mean over the step's pairs of dpo_loss
+        + nll_coef * sft_loss(chosen) (RPO; only when nll_coef > 0; aggregated over the step's chosen
+        tokens with trainer.loss_agg_mode).
         Returns TRL's names: loss, rewards/chosen, rewards/rejected, rewards/accuracies,
         rewards/margins, logps/chosen, logps/rejected (and nll_loss), plus policy/grad_norm, policy/lr.
         """
         dpo = self.cfg.algorithm.dpo
+        mode = self.cfg.trainer.loss_agg_mode
 
-        def loss_fn(mb):
+        def count_fn(mb):
+            chosen_mask = mb["chosen_loss_mask"][:, 1:]
+            return {"pairs": len(chosen_mask), "chosen": agg_count(chosen_mask, mode)}
+
+        def loss_fn(mb, counts):
             rows = pairs_as_rows(mb)
             n = len(mb["ref_chosen_logps"])
             logits = next_token_logits(self.engine, rows["input_ids"], rows["attention_mask"])
             labels, mask = rows["input_ids"][:, 1:], rows["loss_mask"][:, 1:]
-            logps = sequence_logprobs(logprobs_from_logits(logits, labels), mask)
+            logps = preference_logps(sequence_logprobs(logprobs_from_logits(logits, labels), mask), mask, dpo.loss_type)
             chosen, rejected = logps[:n], logps[n:]
             losses, chosen_rewards, rejected_rewards = dpo_loss(
                 chosen, rejected, mb["ref_chosen_logps"].to(logps.dtype), mb["ref_rejected_logps"].to(logps.dtype),
                 beta=dpo.beta, loss_type=dpo.loss_type, label_smoothing=dpo.label_smoothing,
             )
-            loss = losses.mean()
+            pairs = counts["pairs"]
+            loss = row_share(losses, pairs)
             stats = {
-                "rewards/chosen": chosen_rewards.mean(),
-                "rewards/rejected": rejected_rewards.mean(),
-                "rewards/accuracies": pairwise_accuracy(chosen_rewards, rejected_rewards),
-                "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-                "logps/chosen": chosen.detach().mean(),
-                "logps/rejected": rejected.detach().mean(),
+                "rewards/chosen": row_share(chosen_rewards, pairs),
+                "rewards/rejected": row_share(rejected_rewards, pairs),
+                "rewards/accuracies": pairwise_accuracy(chosen_rewards, rejected_rewards, pairs),
+                "rewards/margins": row_share(chosen_rewards - rejected_rewards, pairs),
+                "logps/chosen": row_share(chosen.detach(), pairs),
+                "logps/rejected": row_share(rejected.detach(), pairs),
             }
             if dpo.nll_coef > 0:
-                nll = sft_loss(logits[:n], labels[:n], mask[:n])
+                nll = sft_loss(logits[:n], labels[:n], mask[:n], mode, counts["chosen"])
                 loss = loss + dpo.nll_coef * nll
                 stats["nll_loss"] = nll.detach()
             stats["loss"] = loss.detach()
-            return loss, stats
+            return MicroBatchLoss(loss, stats)
 
-        return self._train_on(minibatch, loss_fn)
+        return self._train_on(minibatch, count_fn, loss_fn)
 
     # -- weight sync -----------------------------------------------------------------------------
     def export_weights(self) -> dict[str, torch.Tensor] | None:
@@ -225,3 +245,7 @@ class PolicyTrainer(TrainerBase):
 
 def _sequence_logprobs(module, mb: Batch) -> torch.Tensor:
     return masked_sequence_logprobs(module, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
+
+
+def _prefixed(stats: dict) -> dict:
+    return {f"policy/{k}": v for k, v in stats.items()}

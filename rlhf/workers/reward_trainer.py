@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import torch
 
+from rlhf.algorithms.loss_agg import row_share
 from rlhf.algorithms.reward import pairwise_accuracy, pairwise_loss
 from rlhf.config import RLHFConfig
 from rlhf.data.collate import pairs_as_rows
 from rlhf.models.forward import sequence_scores
 from rlhf.models.loading import load_reward_model
-from rlhf.workers.trainer_base import Batch, TrainerBase
+from rlhf.workers.trainer_base import Batch, MicroBatchLoss, TrainerBase
 
 
 class RewardTrainer(TrainerBase):
@@ -47,24 +48,30 @@ class RewardTrainer(TrainerBase):
     def rm_step(self, minibatch: Batch) -> dict[str, float]:
         """One optimizer step of the Bradley-Terry loss on this rank's shard of preference pairs.
 
-        loss = mean_b pairwise_loss(r_chosen, r_rejected, algorithm.rm.margin); chosen and
-        rejected go through the model in one forward pass ([2B, T]). Returns loss, accuracy,
-        rewards/chosen, rewards/rejected, rewards/margins (mean scores), reward/grad_norm, reward/lr.
+        loss = pairwise_loss(r_chosen, r_rejected, algorithm.rm.margin) averaged over the step's pairs
+        (all micro-batches and ranks); chosen and rejected go through the model in one forward pass
+        ([2B, T]). Returns loss, accuracy, rewards/chosen, rewards/rejected, rewards/margins (mean
+        scores), reward/grad_norm, reward/lr.
         """
         margin = self.cfg.algorithm.rm.margin
 
-        def loss_fn(mb):
-            chosen, rejected = _pair_scores(self.engine, mb)
-            loss = pairwise_loss(chosen, rejected, margin).mean()
-            return loss, {
-                "loss": loss.detach(),
-                "accuracy": pairwise_accuracy(chosen, rejected),
-                "rewards/chosen": chosen.detach().mean(),
-                "rewards/rejected": rejected.detach().mean(),
-                "rewards/margins": (chosen - rejected).detach().mean(),
-            }
+        def count_fn(mb):
+            return {"pairs": len(mb["chosen_input_ids"])}
 
-        return self._train_on(minibatch, loss_fn)
+        def loss_fn(mb, counts):
+            chosen, rejected = _pair_scores(self.engine, mb)
+            pairs = counts["pairs"]
+            loss = row_share(pairwise_loss(chosen, rejected, margin), pairs)
+            chosen, rejected = chosen.detach(), rejected.detach()
+            return MicroBatchLoss(loss, {
+                "loss": loss.detach(),
+                "accuracy": pairwise_accuracy(chosen, rejected, pairs),
+                "rewards/chosen": row_share(chosen, pairs),
+                "rewards/rejected": row_share(rejected, pairs),
+                "rewards/margins": row_share(chosen - rejected, pairs),
+            })
+
+        return self._train_on(minibatch, count_fn, loss_fn)
 
 
 def _pair_scores(model, mb: Batch) -> tuple[torch.Tensor, torch.Tensor]:

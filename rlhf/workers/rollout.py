@@ -30,8 +30,12 @@ from typing import Any
 
 import torch
 
+from rlhf.algorithms.seeds import sampling_seeds
 from rlhf.config import RLHFConfig
 from rlhf.data.padding import build_sequence_batch
+from rlhf.models.loading import plain_generation_config
+from rlhf.data.stop_tokens import stop_token_ids
+from rlhf.data.templates import use_chat_template
 from rlhf.weight_sync import SyncHandle, WeightTransport, gpu_uuid, make_transport
 
 # Dotted path vLLM imports in its worker (``worker_extension_cls``).
@@ -63,8 +67,28 @@ class RolloutWorkerExtension:
 
     def rlhf_load_weights(self, handle: SyncHandle) -> None:
         transport = _cached_transport(self.__dict__.setdefault("_rlhf_transports", {}), handle.transport, "auto")
+        skip_computed_buffers(self.model_runner.get_model())
         # A streaming transport's receive is a generator: each bucket is received as the loader reaches it.
         self.reload_weights(weights_iterator=transport.receive(handle))
+
+
+def skip_computed_buffers(model: torch.nn.Module) -> None:
+    """Tell vLLM's layer-wise reload that non-persistent buffers are not weights.
+
+    `reload_weights` counts every parameter and buffer of a layer as something to load. A rotary
+    embedding's `cos_sin_cache` is a non-persistent buffer computed at start-up that no checkpoint
+    (and no sync) contains, so every reload logged "RotaryEmbedding: Failed to load weights" and
+    fell back to the cache it kept. Names in vLLM's SKIP_LOAD_TENSORS are left out of that count
+    (the buffer is still kept and restored). Buffers that alias a parameter stay counted.
+    """
+    from vllm.model_executor.model_loader.reload import meta
+
+    param_ptrs = {p.data_ptr() for p in model.parameters()}
+    for module in model.modules():
+        for name in module._non_persistent_buffers_set:
+            buffer = module._buffers.get(name)
+            if buffer is not None and buffer.data_ptr() not in param_ptrs:
+                meta.SKIP_LOAD_TENSORS.add(name)
 
 
 def _cached_transport(cache: dict[str, WeightTransport], name: str, device: str) -> WeightTransport:
@@ -93,8 +117,9 @@ class RolloutEngine:
         self._backend = cfg.rollout.backend
         self._device = _resolve_device(cfg.resources.device)
         self._seed = cfg.trainer.seed + engine_index
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.eos_ids = _eos_ids(model_path, self.tokenizer)
+        self.tokenizer = use_chat_template(AutoTokenizer.from_pretrained(model_path), cfg.data.chat_template)
+        # The stop set the training data ends its responses with (rlhf.data.stop_tokens).
+        self.eos_ids = stop_token_ids(self.tokenizer, model_path, cfg.data.apply_chat_template)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
         if self._backend == "vllm":
@@ -160,10 +185,17 @@ class RolloutEngine:
         samples_per_prompt: int = 1,
         greedy: bool = False,
         seed: int | None = None,
+        step: int = 0,
+        round_index: int = 0,
     ) -> dict:
         """Sample ``samples_per_prompt`` responses per prompt, prompt-major (prompt 0's samples first).
 
-        ``seed``: sampling seed of prompt i is seed + i, so the same call gives the same samples.
+        ``seed`` (trainer.seed), ``step`` and ``round_index`` (a dynamic-sampling round within the step):
+        sample s of this call (prompt-major) is drawn with
+        `rlhf.algorithms.seeds.sampling_seed(seed, step, engine_index, s, round_index)`, so the same call gives
+        the same samples, and no two steps, engines or samples share a seed. vLLM then gets one
+        request per sample (the repeated prompt hits its prefix cache); the transformers backend
+        samples the whole batch from one generator seeded with sample 0's seed.
         Returns the `build_sequence_batch` tensors (input_ids, attention_mask [B, P+R],
         response_mask [B, R]) plus rollout_logprobs [B, R] (0 on padding), finished_with_eos [B]
         (the response ended on EOS or a stop string, not at max_new_tokens), prompt_index [B]
@@ -181,12 +213,14 @@ class RolloutEngine:
         prompts = [p for p in prompt_token_ids for _ in range(samples_per_prompt)]
         # vLLM and transformers both refuse several greedy samples per prompt (they would be
         # identical), so greedy decoding gets each prompt repeated instead.
-        engine_prompts, n = (prompts, 1) if greedy else (prompt_token_ids, samples_per_prompt)
+        # Seeded sampling gets one request per sample too, each with its own seed.
+        seeds = None if seed is None or greedy else sampling_seeds(seed, step, self.engine_index, len(prompts), round_index)
+        engine_prompts, n = (prompts, 1) if greedy or seeds else (prompt_token_ids, samples_per_prompt)
         if self._backend == "vllm":
-            responses, logprobs, finished = self._generate_vllm(engine_prompts, n, greedy, seed)
+            responses, logprobs, finished = self._generate_vllm(engine_prompts, n, greedy, seeds)
         else:
-            if seed is not None:
-                torch.manual_seed(seed)
+            if seeds:
+                torch.manual_seed(seeds[0])
             responses, logprobs, finished = self._generate_hf(engine_prompts, n, greedy)
         batch = build_sequence_batch(prompts, responses, self.pad_id)
         width = batch["response_mask"].shape[1]
@@ -242,11 +276,11 @@ class RolloutEngine:
             seed=seed,
         )
 
-    def _generate_vllm(self, prompt_token_ids, samples_per_prompt, greedy, seed):
+    def _generate_vllm(self, prompt_token_ids, samples_per_prompt, greedy, seeds: list[int] | None):
         from vllm.inputs import TokensPrompt
 
-        # A seed per prompt (seed + i) makes the samples reproducible, e.g. after a resume.
-        params = [self._sampling_params(samples_per_prompt, greedy, None if seed is None else seed + i)
+        # A seed per request (one sample each when seeded) makes the samples reproducible, e.g. after a resume.
+        params = [self._sampling_params(samples_per_prompt, greedy, None if seeds is None else seeds[i])
                   for i in range(len(prompt_token_ids))]
         outputs = self._llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_token_ids],
@@ -269,18 +303,22 @@ class RolloutEngine:
 
         torch.manual_seed(self._seed)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_TORCH_DTYPES[self.cfg.model.dtype])
+        # rollout.* alone decides the sampling distribution (and so the logprobs the trainer recomputes).
+        model.generation_config = plain_generation_config(model)
         return model.to(self._device).eval()
 
     @torch.no_grad()
     def _load_hf_weights(self, weights, handle: SyncHandle) -> None:
-        params = dict(self._model.named_parameters())
+        # Every name of a tied parameter is accepted (lm_head.weight is model.embed_tokens.weight in a
+        # tied model), and a tied parameter received under any one of its names counts as received.
+        params = dict(self._model.named_parameters(remove_duplicate=False))
         received = set()
         for name, tensor in weights:
             if name not in params:
                 raise KeyError(f"weight sync v{handle.version}: the rollout model has no parameter {name!r}")
             params[name].copy_(tensor)
-            received.add(name)
-        missing = sorted(set(params) - received)
+            received.add(id(params[name]))
+        missing = sorted(name for name, p in self._model.named_parameters() if id(p) not in received)
         if missing:
             raise KeyError(f"weight sync v{handle.version}: {len(missing)} parameters not sent, e.g. {missing[:3]}")
 
@@ -341,20 +379,3 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def _eos_ids(model_path: str, tokenizer) -> list[int]:
-    """EOS ids from the model's generation_config.json (may be a list), else the tokenizer's."""
-    ids: list[int] = []
-    try:
-        from transformers import GenerationConfig
-
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-        ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
-    except OSError:
-        pass
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    if not ids:
-        raise ValueError(f"{model_path}: no EOS token id in generation_config.json or the tokenizer")
-    return ids

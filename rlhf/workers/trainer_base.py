@@ -7,10 +7,12 @@ One Ray actor is one data-parallel rank. The life of a trainer actor:
     actor.setup_distributed(addr, port, rank, n)   # all ranks at once: process group + DeepSpeed engine
     actor.<role methods>                           # scoring passes and optimizer steps, driven by the driver
 
-`_train_on(minibatch, loss_fn)` is one optimizer step over this rank's shard of a minibatch: the
-shard is cut into micro-batches of trainer.micro_batch_size, each is forwarded and backwarded
-through DeepSpeed (which scales the loss by 1/accumulation and reduces gradients across ranks at
-the boundary), and the last micro-batch's `engine.step()` is the optimizer step.
+`_train_on(minibatch, count_fn, loss_fn)` is one optimizer step over this rank's shard of a
+minibatch: the shard is cut into micro-batches of trainer.micro_batch_size; the step's loss
+normalisers (token or row counts, `rlhf.algorithms.loss_agg`) are summed over every micro-batch
+and rank first; then each micro-batch's loss is its *share* of the step's loss (its sum over the
+step's count), so the gradient is the plain sum of the micro-batches' gradients over all ranks,
+whatever the split. The last micro-batch's `engine.step()` is the optimizer step.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import os
 import random
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,10 +31,24 @@ from rlhf.config import RLHFConfig
 from rlhf.data.batch_ops import Batch, batch_size, split_batch
 from rlhf.models.loading import device_for, load_tokenizer
 from rlhf.models.saving import save_hf
+from rlhf.registry import get_algorithm
+from rlhf.workers.checkpoint_files import load_rng_state, save_rng_state, weights_only_deepspeed_loads
 from rlhf.workers.deepspeed_config import build_deepspeed_config, build_lr_scheduler
 from rlhf.workers.distributed import free_port, init_distributed, node_ip
+from rlhf.workers.threads import match_cpu_share
 
-LossFn = Callable[[Batch], "tuple[torch.Tensor, dict[str, torch.Tensor | float]]"]
+
+
+class MicroBatchLoss(NamedTuple):
+    """What a loss function returns for one micro-batch."""
+
+    loss: torch.Tensor  # this micro-batch's share of the step's loss (its sum / the step's count)
+    shares: dict  # {metric: value} aggregated like the loss: they add up over micro-batches and ranks
+    maxima: dict = {}  # {metric: value} reduced by max over micro-batches and ranks
+
+
+CountFn = Callable[[Batch], "dict[str, torch.Tensor | float]"]  # micro-batch -> its part of each normaliser
+LossFn = Callable[[Batch, "dict[str, float]"], MicroBatchLoss]  # (micro-batch on device, the step's counts)
 
 CHECKPOINT_TAG = "ds"  # one DeepSpeed tag per directory: the driver gives every checkpoint its own directory
 
@@ -43,22 +60,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def _rng_state() -> dict:
-    """Python, numpy and torch RNG states of this process (dropout, sampling inside the trainer)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -98,6 +99,7 @@ class TrainerBase(RoleWorker):
     stat_prefix = "trainer"  # metric names: "<stat_prefix>/loss", ...
 
     def __init__(self, cfg: RLHFConfig, model_path: str, total_steps: int | None = None):
+        match_cpu_share()
         self.cfg = cfg
         self.model_path = model_path
         self.device = device_for(cfg)
@@ -105,7 +107,7 @@ class TrainerBase(RoleWorker):
         self.engine = None
         self.total_steps = total_steps if total_steps is not None else self._default_total_steps()
         set_seed(cfg.trainer.seed)
-        self.tokenizer = load_tokenizer(model_path)
+        self.tokenizer = load_tokenizer(model_path, cfg.data.chat_template)  # saved with every checkpoint
         self.model = self._load_model(model_path)
         disable_dropout(self.model)
 
@@ -117,18 +119,12 @@ class TrainerBase(RoleWorker):
         return self.cfg.trainer.learning_rate
 
     def _samples_per_step(self) -> int:
-        """Samples per optimizer step across all ranks."""
-        if self.cfg.algorithm.name == "ppo":
-            return self.cfg.algorithm.ppo.mini_batch_size
-        return self.cfg.trainer.train_batch_size
+        """Samples per optimizer step across all ranks (the algorithm's registry entry says)."""
+        return get_algorithm(self.cfg.algorithm.name).samples_per_optimizer_step(self.cfg)
 
     def _default_total_steps(self) -> int | None:
         """Optimizer steps in the whole run, for decaying lr schedules (None when unknown)."""
-        if self.cfg.algorithm.name == "ppo":
-            ppo = self.cfg.algorithm.ppo
-            per_rollout = ppo.rollout_batch_size * ppo.samples_per_prompt // ppo.mini_batch_size
-            return ppo.num_steps * ppo.ppo_epochs * per_rollout
-        return self.cfg.trainer.max_steps
+        return get_algorithm(self.cfg.algorithm.name).optimizer_steps(self.cfg)
 
     # -- distributed setup -----------------------------------------------------------------------
     def master_address(self) -> tuple[str, int]:
@@ -197,7 +193,7 @@ class TrainerBase(RoleWorker):
         micro = split_batch(batch, self.cfg.trainer.micro_batch_size) if batch_size(batch) else []
         passes = len(micro)
         if self.zero3 and self.world_size > 1:
-            passes = self._all_reduce_max(passes)
+            passes = int(self._reduce_across_ranks({"passes": passes}, "max")["passes"])
         outputs = []
         try:
             for i in range(passes):
@@ -211,19 +207,13 @@ class TrainerBase(RoleWorker):
             return torch.empty((0, *batch["response_mask"].shape[1:]) if "response_mask" in batch else (0,))
         return torch.cat(outputs)
 
-    def _all_reduce_max(self, value: int) -> int:
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.long, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t.item())
-
     # -- one optimizer step ------------------------------------------------------------------------
-    def _train_on(self, minibatch: Batch, loss_fn: LossFn) -> dict[str, float]:
-        """One optimizer step on this rank's shard; returns stats averaged over micro-batches and ranks.
+    def _train_on(self, minibatch: Batch, count_fn: CountFn, loss_fn: LossFn) -> dict[str, float]:
+        """One optimizer step on this rank's shard; returns the step's metrics, the same on every rank.
 
-        loss_fn(micro_batch on device) -> (scalar loss, {name: scalar}). Adds
-        "<stat_prefix>/grad_norm" (before clipping) and "<stat_prefix>/lr" (the lr this step used).
+        count_fn(micro_batch) -> {name: its part of a normaliser}; summed over this rank's micro-batches
+        and all ranks into the step's counts. loss_fn(micro_batch on device, counts) -> MicroBatchLoss.
+        Adds "<stat_prefix>/grad_norm" (before clipping) and "<stat_prefix>/lr" (the lr this step used).
         """
         engine = self._require_engine()
         micro_size = self.cfg.trainer.micro_batch_size
@@ -234,39 +224,50 @@ class TrainerBase(RoleWorker):
                 f"{self.role} rank {self.rank}: got {batch_size(minibatch)} samples, expected "
                 f"{expected} micro-batches of {micro_size} (samples per step / ranks)"
             )
+        local_counts: dict[str, float] = {}
+        for mb in micro:
+            for name, value in count_fn(mb).items():
+                local_counts[name] = local_counts.get(name, 0.0) + float(value)
+        counts = self._reduce_across_ranks(local_counts, "sum")
         engine.train()
         lr = float(engine.get_lr()[0])
-        totals: dict[str, float] = {}
+        shares: dict[str, float] = {}
+        maxima: dict[str, float] = {}
         fallback_norm = None
         for i, mb in enumerate(micro):
-            loss, stats = loss_fn(to_device(mb, self.device))
-            engine.backward(loss)
+            loss, mb_shares, mb_maxima = loss_fn(to_device(mb, self.device), counts)
+            # The shares already sum to the step's loss: undo DeepSpeed's 1/accumulation scaling
+            # (scale_wrt_gas=False) and its averaging of gradients over the data-parallel ranks.
+            engine.backward(loss * self.world_size, scale_wrt_gas=False)
             if i == len(micro) - 1 and self.cfg.trainer.zero_stage == 0:
                 fallback_norm = self._local_grad_norm()  # stage 0 fp32 reports no norm; grads are reduced by now
             engine.step()
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + float(value)
-        means = self._mean_across_ranks({k: v / len(micro) for k, v in totals.items()})
+            for key, value in mb_shares.items():
+                shares[key] = shares.get(key, 0.0) + float(value)
+            for key, value in mb_maxima.items():
+                maxima[key] = max(maxima.get(key, float("-inf")), float(value))
+        stats = {**self._reduce_across_ranks(shares, "sum"), **self._reduce_across_ranks(maxima, "max")}
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is None:
             grad_norm = fallback_norm
-        means[f"{self.stat_prefix}/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        means[f"{self.stat_prefix}/lr"] = lr
-        return means
+        stats[f"{self.stat_prefix}/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        stats[f"{self.stat_prefix}/lr"] = lr
+        return stats
 
     def _local_grad_norm(self) -> float | None:
         grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
         return float(torch.stack(grads).norm()) if grads else None
 
-    def _mean_across_ranks(self, stats: dict[str, float]) -> dict[str, float]:
-        if self.world_size == 1 or not stats:
-            return stats
+    def _reduce_across_ranks(self, values: dict[str, float], op: str) -> dict[str, float]:
+        """{name: value} summed ("sum") or maximised ("max") over all ranks, in float64; every rank calls."""
+        if self.world_size == 1 or not values:
+            return values
         import torch.distributed as dist
 
-        keys = sorted(stats)
-        t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return dict(zip(keys, t.tolist()))
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _has_frozen_parameters(self) -> bool:
@@ -279,7 +280,7 @@ class TrainerBase(RoleWorker):
         """
         engine = self._require_engine()
         engine.save_checkpoint(path, tag=CHECKPOINT_TAG, exclude_frozen_parameters=self._has_frozen_parameters())
-        torch.save(_rng_state(), self._rng_path(path))
+        save_rng_state(self._rng_path(path))
         return path
 
     def _rng_path(self, path: str) -> str:
@@ -290,17 +291,18 @@ class TrainerBase(RoleWorker):
         engine = self._require_engine()
         if not os.path.isdir(os.path.join(path, CHECKPOINT_TAG)):
             raise FileNotFoundError(f"{self.role}: no DeepSpeed checkpoint (tag {CHECKPOINT_TAG!r}) in {path}")
-        loaded, _ = engine.load_checkpoint(
-            path,
-            tag=CHECKPOINT_TAG,
-            load_module_strict=not self._has_frozen_parameters(),
-            load_optimizer_states=True,
-            load_lr_scheduler_states=True,
-        )
+        with weights_only_deepspeed_loads(engine):  # checkpoint files are data, never pickled code
+            loaded, _ = engine.load_checkpoint(
+                path,
+                tag=CHECKPOINT_TAG,
+                load_module_strict=not self._has_frozen_parameters(),
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+            )
         if loaded is None:
             raise FileNotFoundError(f"{self.role}: no DeepSpeed checkpoint (tag {CHECKPOINT_TAG!r}) in {path}")
         if os.path.isfile(self._rng_path(path)):
-            _set_rng_state(torch.load(self._rng_path(path), weights_only=False))
+            load_rng_state(self._rng_path(path))
         return path
 
     def save_pretrained(self, path: str) -> str | None:

@@ -1,0 +1,228 @@
+"""The algorithm registry: every runnable algorithm is one `Algorithm` entry, and nothing else branches on its name.
+
+An entry declares what the rest of the system asks about an algorithm:
+
+- ``roles(cfg)``: the roles started as separate actors (`drivers.cluster` plans only these);
+- ``section``: its hyperparameter section under ``algorithm`` (``algorithm.ppo`` for every online
+  algorithm, ``algorithm.dpo``, ``algorithm.rm``; SFT has none);
+- ``checks``: its cross-field config rules, run at load (`config._check_consistency`), each raising
+  ``ValueError("key: reason")``;
+- ``driver``: the driver class that runs it, as ``"module:Class"`` (imported only by `run`), whose
+  step is the algorithm's step (`drivers.lifecycle.Driver`);
+- ``samples_per_optimizer_step(cfg)`` and ``optimizer_steps(cfg)``: what the trainers need to
+  size DeepSpeed's gradient accumulation and the lr schedule (`workers.trainer_base`);
+- ``advantage``: online algorithms only, the estimator in `rlhf.algorithms.advantages.ESTIMATORS`.
+
+Adding an algorithm is one entry here, its config section and its driver (or an estimator).
+This module imports nothing heavy, so `rlhf.config` can validate against it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rlhf.config import RLHFConfig
+
+Check = Callable[["RLHFConfig"], None]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    description: str  # one line: what it is, with its paper
+    driver: str  # "module:Class", a `drivers.lifecycle.Driver`
+    roles: Callable[["RLHFConfig"], list[str]]
+    section: str | None  # its field of `config.AlgorithmConfig`
+    checks: tuple[Check, ...]
+    samples_per_optimizer_step: Callable[["RLHFConfig"], int]
+    optimizer_steps: Callable[["RLHFConfig"], int | None]
+    advantage: str | None = None  # online: the advantage estimator
+
+    def check(self, cfg: RLHFConfig) -> None:
+        for check in self.checks:
+            check(cfg)
+
+    def driver_class(self):
+        module, _, cls = self.driver.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+# -- online RL: rollouts from the engines, a reward, a policy-gradient update ---------------------------
+
+
+def needs_reference(cfg: RLHFConfig) -> bool:
+    """An online run needs the reference's logprobs when a KL term uses them or the KL metric is asked for."""
+    ppo = cfg.algorithm.ppo
+    return ppo.kl_coef > 0 or ppo.kl_loss_coef > 0 or ppo.kl_controller == "adaptive" or ppo.log_kl
+
+
+def _online_roles(critic: bool) -> Callable[["RLHFConfig"], list[str]]:
+    def roles(cfg: RLHFConfig) -> list[str]:
+        out = ["policy"]
+        if needs_reference(cfg) and not cfg.model.reference_from_base:
+            out.append("reference")  # with reference_from_base the policy scores with its adapter off
+        out.append("reward")
+        if critic:
+            out.append("critic")
+        return out + ["rollout"]
+
+    return roles
+
+
+def _check_reward(cfg: RLHFConfig) -> None:
+    if not (cfg.model.reward or cfg.model.reward_fn):
+        raise ValueError(f"model.reward: {cfg.algorithm.name} needs model.reward or model.reward_fn")
+    if cfg.model.reward and cfg.model.reward_fn:
+        raise ValueError("model.reward_fn: set model.reward or model.reward_fn, not both")
+
+
+def _check_minibatches(trained: tuple[str, ...]) -> Check:
+    def check(cfg: RLHFConfig) -> None:
+        ppo, micro = cfg.algorithm.ppo, cfg.trainer.micro_batch_size
+        samples = ppo.rollout_batch_size * ppo.samples_per_prompt
+        if samples % ppo.mini_batch_size:
+            raise ValueError(
+                f"algorithm.ppo.mini_batch_size: rollout_batch_size*samples_per_prompt={samples} "
+                f"is not a multiple of mini_batch_size={ppo.mini_batch_size}"
+            )
+        for role in trained:
+            n = getattr(cfg.resources, role).num_actors
+            if ppo.mini_batch_size % (micro * n):
+                raise ValueError(
+                    f"algorithm.ppo.mini_batch_size: {ppo.mini_batch_size} is not a multiple of "
+                    f"trainer.micro_batch_size*resources.{role}.num_actors={micro * n}"
+                )
+
+    return check
+
+
+def _check_critic_model(cfg: RLHFConfig) -> None:
+    if not (cfg.model.critic or cfg.model.reward):
+        raise ValueError(f"model.critic: {cfg.algorithm.name} needs a critic model (model.critic, or model.reward to start from)")
+
+
+def _check_groups(cfg: RLHFConfig) -> None:
+    if cfg.algorithm.ppo.samples_per_prompt < 2:
+        raise ValueError(
+            f"algorithm.ppo.samples_per_prompt: {cfg.algorithm.name} compares the responses to one prompt, "
+            f"it needs at least 2 (got {cfg.algorithm.ppo.samples_per_prompt})"
+        )
+
+
+def _check_dynamic_sampling(cfg: RLHFConfig) -> None:
+    if cfg.algorithm.ppo.dynamic_sampling and cfg.algorithm.ppo.samples_per_prompt < 2:
+        raise ValueError("algorithm.ppo.dynamic_sampling: drops groups of equal rewards; needs samples_per_prompt >= 2")
+
+
+def _online_samples_per_step(cfg: RLHFConfig) -> int:
+    return cfg.algorithm.ppo.mini_batch_size
+
+
+def _online_optimizer_steps(cfg: RLHFConfig) -> int:
+    ppo = cfg.algorithm.ppo
+    per_rollout = ppo.rollout_batch_size * ppo.samples_per_prompt // ppo.mini_batch_size
+    return ppo.num_steps * ppo.ppo_epochs * per_rollout
+
+
+def _online(name: str, advantage: str, description: str, critic: bool = False, grouped: bool = True) -> Algorithm:
+    checks: tuple[Check, ...] = (_check_reward, _check_dynamic_sampling)
+    if critic:
+        checks += (_check_critic_model, _check_minibatches(("policy", "critic")))
+    else:
+        checks += (_check_minibatches(("policy",)),)
+    if grouped:
+        checks += (_check_groups,)
+    return Algorithm(
+        name=name,
+        description=description,
+        driver="rlhf.drivers.ppo:OnlineDriver",
+        roles=_online_roles(critic),
+        section="ppo",
+        checks=checks,
+        samples_per_optimizer_step=_online_samples_per_step,
+        optimizer_steps=_online_optimizer_steps,
+        advantage=advantage,
+    )
+
+
+# -- offline: a fixed dataset, one optimizer step per batch ---------------------------------------------
+
+
+def _check_offline_batch(cfg: RLHFConfig) -> None:
+    micro, n = cfg.trainer.micro_batch_size, cfg.resources.policy.num_actors
+    if cfg.trainer.train_batch_size % (micro * n):
+        raise ValueError(
+            f"trainer.train_batch_size: {cfg.trainer.train_batch_size} is not a multiple of "
+            f"trainer.micro_batch_size*resources.policy.num_actors={micro * n}"
+        )
+
+
+def _check_dpo_smoothing(cfg: RLHFConfig) -> None:
+    dpo = cfg.algorithm.dpo
+    if dpo.label_smoothing and dpo.loss_type not in ("sigmoid", "robust"):
+        raise ValueError(f"algorithm.dpo.label_smoothing: applies only to loss_type sigmoid and robust, not {dpo.loss_type!r}")
+
+
+def _check_rm_full_weights(cfg: RLHFConfig) -> None:
+    if cfg.model.lora.enabled:
+        raise ValueError("model.lora: reward-model training (algorithm.name=rm) trains all weights; set model.lora.enabled=false")
+
+
+def _dpo_roles(cfg: RLHFConfig) -> list[str]:
+    """A reference actor, except with LoRA's reference_from_base (the policy disables its adapter) and when
+    precomputing against the initial policy (the policy scores every pair itself before its first update)."""
+    if cfg.model.reference_from_base:
+        return ["policy"]
+    initial_policy = cfg.model.reference in (None, cfg.model.policy)
+    return ["policy"] if cfg.algorithm.dpo.precompute_ref_logprobs and initial_policy else ["policy", "reference"]
+
+
+def _policy_only(cfg: RLHFConfig) -> list[str]:
+    return ["policy"]  # RM trains its model in the policy's pool and resources
+
+
+def _offline(name: str, driver: str, description: str, roles, section: str | None, *checks: Check) -> Algorithm:
+    return Algorithm(
+        name=name,
+        description=description,
+        driver=driver,
+        roles=roles,
+        section=section,
+        checks=(_check_offline_batch, *checks),
+        samples_per_optimizer_step=lambda cfg: cfg.trainer.train_batch_size,
+        optimizer_steps=lambda cfg: cfg.trainer.max_steps,
+    )
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        _online("ppo", "gae", "PPO with a KL-shaped reward, a critic and GAE (Schulman et al. 2017; Ouyang et al. 2022)",
+                critic=True, grouped=False),
+        _online("grpo", "grpo", "GRPO: group-normalised outcome advantage, no critic (Shao et al. 2024, DeepSeekMath)"),
+        _online("dr_grpo", "dr_grpo", "Dr. GRPO: GRPO without the std division or length normalisation (Liu et al. 2025)"),
+        _online("rloo", "rloo", "RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024)"),
+        _online("reinforce_pp", "reinforce_pp", "REINFORCE++: KL in the reward, global advantage normalisation (Hu 2025)",
+                grouped=False),
+        _online("reinforce_pp_baseline", "reinforce_pp_baseline",
+                "REINFORCE++-baseline: group-mean baseline, then global normalisation (Hu 2025)"),
+        _offline("dpo", "rlhf.drivers.dpo:DPODriver", "DPO and its variants on preference pairs (Rafailov et al. 2023)",
+                 _dpo_roles, "dpo", _check_dpo_smoothing),
+        _offline("sft", "rlhf.drivers.sft:SFTDriver", "Supervised fine-tuning on prompt/completion data", _policy_only, None),
+        _offline("rm", "rlhf.drivers.rm:RMDriver", "Bradley-Terry reward-model training on preference pairs (Ouyang et al. 2022)",
+                 _policy_only, "rm", _check_rm_full_weights),
+    )
+}
+
+ALGORITHM_NAMES: tuple[str, ...] = tuple(ALGORITHMS)
+
+
+def get_algorithm(name: str) -> Algorithm:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"algorithm.name: unknown algorithm {name!r}; known: {', '.join(ALGORITHM_NAMES)}") from None

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlhf.registry import ALGORITHM_NAMES, get_algorithm
 from rlhf.tiny import FAMILIES as TINY_FAMILIES
@@ -73,6 +73,17 @@ class DataConfig(Section):
         description="Our field name -> this file's column name, applied before detection, e.g. {prompt: question, completion: answer}.",
     )
     apply_chat_template: bool = Field(True, description="Wrap prompts and responses with the chat template.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, columns: dict[str, str]) -> dict[str, str]:
+        from rlhf.data.formats import FIELD_NAMES  # imported here: the data layer imports this module
+
+        for ours in columns:
+            if ours not in FIELD_NAMES:
+                raise ValueError(f"data.columns: {ours!r} is no field of any format{_suggest(ours, FIELD_NAMES)}; "
+                                 f"fields: {', '.join(sorted(FIELD_NAMES))}")
+        return columns
     chat_template: str = Field(
         "tokenizer",
         description="The chat template: 'tokenizer' (its own), 'chatml', 'llama2', 'zephyr', or a path to a Jinja file; "
@@ -170,7 +181,12 @@ class DPOConfig(Section):
     )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO / robust DPO label noise.")
     nll_coef: float = Field(0.0, ge=0, description="Weight of an NLL term on the chosen response (RPO).")
-    precompute_ref_logprobs: bool = Field(False, description="Compute reference logprobs once up front and free the reference.")
+    precompute_ref_logprobs: bool = Field(
+        True,
+        description="Score every pair with the reference once before the first step (saved in <output_dir>/"
+        "reference_logprobs.safetensors for resumes). With the initial policy as reference no reference actor starts: "
+        "the policy scores the pairs itself. false: a live reference actor scores each step's pairs.",
+    )
 
 
 class RMConfig(Section):
@@ -216,6 +232,9 @@ class RolloutConfig(Section):
     )
     logprob_check_tolerance: Optional[float] = Field(
         None, gt=0, description="Stop the run if rollout vs trainer logprob max diff exceeds this."
+    )
+    max_engine_restarts: int = Field(
+        3, ge=0, description="Engines that die or hang are restarted, re-synced and their generation retried, at most this many times per run."
     )
 
 
@@ -280,6 +299,10 @@ class LoggingConfig(Section):
     output_dir: str = Field("outputs/run", description="Where metrics.jsonl, checkpoints and the final model go.")
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases logging.")
     progress_bar: bool = Field(True, description="Show a progress bar on the console.")
+    log_interval: int = Field(10, ge=1, description="Print one line of metrics on the console every N steps.")
+    verbose: bool = Field(
+        False, description="Show vLLM's, DeepSpeed's and Ray's own log lines on the console instead of <output_dir>/logs/."
+    )
 
 
 class CheckpointConfig(Section):
@@ -359,6 +382,10 @@ def _check_consistency(cfg: RLHFConfig) -> None:
         for role in group:
             if role not in ROLES:
                 raise ValueError(f"resources.colocate: unknown role {role!r}{_suggest(role, ROLES)}; roles are {', '.join(ROLES)}")
+    for role in ROLES:
+        res = getattr(cfg.resources, role)
+        if res.cpus_per_actor == 0 and res.gpus_per_actor == 0:
+            raise ValueError(f"resources.{role}.cpus_per_actor: an actor needs CPUs or GPUs, and this role has neither")
     if cfg.rollout.top_k == 0 or cfg.rollout.top_k < -1:
         raise ValueError("rollout.top_k: must be -1 (off) or >= 1")
     if cfg.debug.fail_at is not None:

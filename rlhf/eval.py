@@ -94,6 +94,9 @@ def _device(name: str) -> torch.device:
 def greedy_responses(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, device,
                      eos_ids: list[int]) -> list[tuple[list[int], bool]]:
     """(response ids up to and including the first stop id, whether it stopped there) per prompt."""
+    from rlhf.models.loading import plain_generation_config
+
+    model.generation_config = plain_generation_config(model)  # greedy means greedy: no repetition penalty
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = collate_prompts(prompts[start : start + batch_size], tokenizer.pad_token_id)

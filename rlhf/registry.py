@@ -173,7 +173,12 @@ def _check_rm_full_weights(cfg: RLHFConfig) -> None:
 
 
 def _dpo_roles(cfg: RLHFConfig) -> list[str]:
-    return ["policy"] if cfg.model.reference_from_base else ["policy", "reference"]
+    """A reference actor, except with LoRA's reference_from_base (the policy disables its adapter) and when
+    precomputing against the initial policy (the policy scores every pair itself before its first update)."""
+    if cfg.model.reference_from_base:
+        return ["policy"]
+    initial_policy = cfg.model.reference in (None, cfg.model.policy)
+    return ["policy"] if cfg.algorithm.dpo.precompute_ref_logprobs and initial_policy else ["policy", "reference"]
 
 
 def _policy_only(cfg: RLHFConfig) -> list[str]:

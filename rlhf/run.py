@@ -1,7 +1,8 @@
 """Command-line entry point: `python -m rlhf.run CONFIG [key.sub=value ...] [--print-config] [--dry-run]`.
 
 Exit codes: 0 success, 2 config, data or checkpoint error (one line, no traceback), 3 the cluster lacks
-the resources the plan needs, 1 a role failed or timed out during the run.
+the resources the plan needs, 1 a role failed or timed out during the run, 143 stopped by SIGTERM
+after a step and its checkpoint (resume with checkpoint.resume=auto).
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def resolve_config(path: str, overrides: list[str]) -> RLHFConfig:
 
 def run(cfg: RLHFConfig) -> dict:
     """Connect to (or start) Ray and run the configured algorithm's driver (its `rlhf.registry` entry)."""
+    from rlhf.drivers.console import quiet_console
+
+    with quiet_console(cfg):
+        return _run(cfg)
+
+
+def _run(cfg: RLHFConfig) -> dict:
     from rlhf.drivers.cluster import connect_ray
 
     connect_ray(cfg)
@@ -60,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.data.errors import DataError
     from rlhf.drivers.checkpoint import CheckpointError
     from rlhf.drivers.cluster import ResourceError
+    from rlhf.drivers.preemption import EXIT_CODE as PREEMPTED, Preempted
     from rlhf.workers.faults import InjectedFault
     from rlhf.workers.group import WorkerError
 
@@ -85,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except (WorkerError, InjectedFault) as err:
         print(f"run failed: {err}", file=sys.stderr)
         return 1
+    except Preempted as err:
+        print(str(err), file=sys.stderr)
+        return PREEMPTED
     return 0
 
 

@@ -3,7 +3,7 @@ fraction of this machine's memcpy bandwidth.
 
     python scripts/bench_sync.py [--model-mb 64] [--bucket-mb 16 64] [--repeats 3]
 
-A "trainer" actor holds a Llama-shaped state dict (fp32, --model-mb MiB) and sends it through the
+A "trainer" actor holds a Llama-shaped state dict (fp32, at least --model-mb MiB: whole layers) and sends it through the
 real transport; an "engine" actor receives it and copies every tensor into its own preallocated
 weights (what loading costs at least), exactly as `rlhf.drivers.weight_sync` drives a sync. The
 time is the driver's wall time for one sync, best of --repeats. memcpy: torch copy_ of a buffer of

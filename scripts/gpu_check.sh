@@ -3,7 +3,7 @@
 # exist, CUDA IPC on the policy's GPU, vLLM sleep mode around a sync, 10 PPO steps on a locally built
 # ~100M-parameter model) and prints the benchmark lines they report:
 #   generation tokens/s, training tokens/s, sync seconds and GB/s for the model's bytes, logprob gap.
-# Aim: under 10 minutes on one GPU. Needs the GPU install (pip install -e '.[gpu]'): plain vllm, CUDA torch.
+# Aim: under 10 minutes on one GPU. Needs the GPU install (pip install -c constraints/gpu.txt -e '.[gpu]'): plain vllm, CUDA torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"

@@ -9,7 +9,8 @@
   when the job ends (deletionRules; the cluster is fixed-size, which DeleteWorkers needs).
 - The Dockerfile installs the locked dependencies before the source, on a base pinned by
   digest; its build context is an allow-list.
-- The Slurm script binds the dashboard to the head's address and deletes its token on exit.
+- The Slurm script binds the dashboard to the head's address and deletes its token on exit
+  (also run end to end with srun, scontrol, ray and the run itself stubbed).
 (The manifests' schema is test_cluster_manifests.py's.)
 """
 
@@ -20,6 +21,7 @@ import math
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 from test_cluster_manifests import (
@@ -213,3 +215,53 @@ def test_slurm_dashboard_on_head_address_and_token_removed():
     assert "0.0.0.0" not in code
     assert re.search(r"trap 'rm -f \"\$RAY_AUTH_TOKEN_PATH\"' EXIT", code)
     assert not re.search(r"^\s*exec ", code, re.MULTILINE), "exec would skip the EXIT trap"
+
+
+STUBS = {
+    # scontrol show hostnames: one node; srun [options] CMD...: run CMD here.
+    "scontrol": 'echo node1\n',
+    "srun": 'while [ $# -gt 0 ]; do case "$1" in -w) shift 2;; -*) shift;; *) break;; esac; done\nexec "$@"\n',
+    "ray": 'echo "ray $*" >> "$STUB_LOG"\n',
+    # python: the token generator runs for real; the node-wait script and the run are stand-ins.
+    "python": (
+        'case "$1" in\n'
+        '  -c) exec "$REAL_PYTHON" "$@";;\n'
+        '  -) cat > /dev/null;;\n'
+        '  -m) [ -f "$RAY_AUTH_TOKEN_PATH" ] && echo "token present" >> "$STUB_LOG"\n'
+        '      echo "python $*" >> "$STUB_LOG"; exit 3;;\n'
+        'esac\n'
+    ),
+}
+
+
+def test_slurm_script_run_with_stubbed_slurm_and_ray(tmp_path):
+    """The script end to end with srun/scontrol/ray/the run stubbed: the dashboard is bound to
+    the head's address, the run's exit code is the job's, and the token is gone afterwards."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in STUBS.items():
+        (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    run_dir, log = tmp_path / "run", tmp_path / "stub.log"
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "REAL_PYTHON": sys.executable,
+        "STUB_LOG": str(log),
+        "RUN_DIR": str(run_dir),
+        "CONFIG": "configs/x.yaml",
+        "HEAD_IP": "127.0.0.1",
+        "SLURM_JOB_NODELIST": "node1",
+        "SLURMD_NODENAME": "node1",
+        "SLURM_SUBMIT_DIR": str(tmp_path),
+        "SLURM_JOB_ID": "42",
+    }
+    script = CLUSTER / "slurm" / "ray_on_slurm.sh"
+    result = subprocess.run(["bash", str(script), "rollout.num_engines=4"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    calls = log.read_text().splitlines()
+    head_start = next(line for line in calls if line.startswith("ray start --head"))
+    assert "--dashboard-host=127.0.0.1" in head_start.split()
+    assert "token present" in calls
+    run = next(line for line in calls if line.startswith("python -m rlhf.run"))
+    assert run.split()[3:] == ["configs/x.yaml", f"logging.output_dir={run_dir}", "checkpoint.resume=auto", "rollout.num_engines=4"]
+    assert list(run_dir.iterdir()) == [], "the Ray token outlived the job"

@@ -55,8 +55,8 @@ def test_too_big_fails_fast_with_a_table(ray_session):
 
 
 def test_bundle_that_fits_no_node_is_reported(ray_session):
-    cfg = ppo_config(policy={"cpus_per_actor": 64}, reference={"cpus_per_actor": 0}, reward={"cpus_per_actor": 0},
-                     critic={"cpus_per_actor": 0}, rollout={"cpus_per_actor": 0})
+    cfg = ppo_config(policy={"cpus_per_actor": 64}, reference={"cpus_per_actor": 0.01}, reward={"cpus_per_actor": 0.01},
+                     critic={"cpus_per_actor": 0.01}, rollout={"cpus_per_actor": 0.01})
     with pytest.raises(ResourceError, match=r"pool policy: no node can hold a bundle of \{'CPU': 64.0\}"):
         check_resources(plan_pools(cfg))
 

@@ -59,7 +59,8 @@ def evals(history: list[dict], key: str) -> list[tuple[int, float]]:
 def dpo_live(ray_session, tiny_assets_dir, tmp_path_factory):
     """The tiny DPO config, 100 steps with a live reference actor and the policy as 2 data-parallel ranks."""
     out = tmp_path_factory.mktemp("dpo") / "live"
-    cfg = tiny_config("dpo", tiny_assets_dir, out, "resources.policy.num_actors=2", "trainer.micro_batch_size=16")
+    cfg = tiny_config("dpo", tiny_assets_dir, out, "resources.policy.num_actors=2", "trainer.micro_batch_size=16",
+                      "resources.policy.cpus_per_actor=0.5", "algorithm.dpo.precompute_ref_logprobs=false")
     result = run(cfg)
     return out, result
 
@@ -100,17 +101,25 @@ def test_dpo_precomputed_reference_gives_the_live_step(dpo_live, tiny_assets_dir
     _, live = dpo_live
     from rlhf.drivers.dpo import DPODriver
 
-    cfg = tiny_config("dpo", tiny_assets_dir, tmp_path / "pre", "resources.policy.num_actors=2", "trainer.micro_batch_size=16",
-                      "algorithm.dpo.precompute_ref_logprobs=true", "trainer.max_steps=1")
-    driver = DPODriver(cfg)
+    out = tmp_path / "pre"
+    overrides = ("resources.policy.num_actors=2", "trainer.micro_batch_size=16", "resources.policy.cpus_per_actor=0.5",
+                 "algorithm.dpo.precompute_ref_logprobs=true")
+    driver = DPODriver(tiny_config("dpo", tiny_assets_dir, out, *overrides, "trainer.max_steps=1"))
     history = driver.run()["history"]
     assert driver.train_ref.shape == (len(driver.train_data), 2) and driver.eval_ref.shape == (len(driver.eval_data), 2)
-    assert "reference" not in driver.groups  # released after precomputing
+    # The reference is the initial policy: the policy scored the pairs before its first update, no reference actor ran.
+    assert set(json.loads((out / "placement.json").read_text())) == {"policy"}
     live_step, pre_step = live["history"][1], history[1]
     assert pre_step["step"] == live_step["step"] == 1
     for key in ("loss", "logps/chosen", "logps/rejected", "rewards/margins"):
         assert pre_step[key] == pytest.approx(live_step[key], rel=1e-5, abs=1e-6), key
     assert history[0]["eval/loss"] == pytest.approx(live["history"][0]["eval/loss"], rel=1e-6)
+
+    # A resumed run reads the saved reference logprobs back: the resumed policy is no longer the reference.
+    first_ref = driver.train_ref
+    resumed = DPODriver(tiny_config("dpo", tiny_assets_dir, out, *overrides, "trainer.max_steps=2"))
+    assert [row["step"] for row in resumed.run()["history"]] == [2]
+    assert torch.equal(resumed.train_ref, first_ref)
 
 
 @pytest.mark.slow

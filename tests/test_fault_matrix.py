@@ -50,7 +50,10 @@ def test_a_failing_role_stops_the_run_cleanly_and_resume_recovers(
     role, mode, tiny_assets_dir, uninterrupted_tiny_ppo, tmp_path, capsys, caplog
 ):
     out = tmp_path / "run"
-    settings = [*RESUME_SETTINGS, f"resources.call_timeout_s={CALL_TIMEOUT_S}", "resources.startup_timeout_s=600"]
+    # Engine restarts off: here a dead or hung engine must stop the run like any role (test_engine_restart.py
+    # covers restarts).
+    settings = [*RESUME_SETTINGS, f"resources.call_timeout_s={CALL_TIMEOUT_S}", "resources.startup_timeout_s=600",
+                "rollout.max_engine_restarts=0"]
     fault = [f"debug.fail_at.role={role}", f"debug.fail_at.step={FAULT_STEP}", f"debug.fail_at.method={METHOD[role]}",
              f"debug.fail_at.mode={mode}"]
     caplog.set_level(logging.WARNING, logger="rlhf.workers.faults")

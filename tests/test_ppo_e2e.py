@@ -95,9 +95,14 @@ def test_resume_continues_like_an_uninterrupted_run(ray_session, tiny_assets_dir
     die = ["debug.fail_at.role=driver", "debug.fail_at.step=2", "debug.fail_at.method=save_checkpoint", "debug.fail_at.mode=exit"]
     args = [sys.executable, "-m", "rlhf.run", TINY, *tiny_overrides(tiny_assets_dir, broken, *common, *die)]
     env = {**os.environ, "RAY_ADDRESS": ray_session}
-    proc = subprocess.run(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    proc = subprocess.run(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "injected fault (debug.fail_at): driver actor 0 exit in save_checkpoint at step 2" in proc.stderr
+    # A quiet console: the actors' own output (vLLM, DeepSpeed) went to their log files, not to the console.
+    console = proc.stdout + proc.stderr
+    assert "RolloutEngine" not in console and "vLLM" not in console and "DeepSpeed" not in console, console[-3000:]
+    assert "Initializing a V1 LLM engine" in (broken / "logs" / "rollout-0.log").read_text()
+    assert {p.name for p in (broken / "logs").iterdir()} >= {"driver.log", "policy-0.log", "critic-0.log", "reward-0.log"}
     assert [p.name for p in complete_checkpoints(broken / "checkpoints")] == ["step_000002"]
     assert [r["step"] for r in read_metrics(broken / "metrics.jsonl")] == [1, 2]
 

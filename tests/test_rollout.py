@@ -258,3 +258,28 @@ def test_vllm_seeded_sampling_is_reproducible(vllm_engine, tiny_tokenizer):
     assert torch.equal(first["input_ids"], again["input_ids"])
     assert torch.equal(first["rollout_logprobs"], again["rollout_logprobs"])
     assert not torch.equal(first["input_ids"], other["input_ids"])
+
+
+@pytest.mark.slow
+def test_vllm_weight_reload_loads_every_layer(vllm_engine, tiny_assets):
+    """vLLM's layer-wise reload once warned "RotaryEmbedding: Failed to load weights" on every sync: it
+    counted the rotary's computed cos_sin_cache buffer as a weight (`skip_computed_buffers`)."""
+
+    def watch_reload_warnings(engine):
+        import logging
+
+        records = engine.__dict__.setdefault("_reload_warnings", [])
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record.getMessage())
+
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addHandler(Keep(logging.WARNING))
+
+    ray.get(vllm_engine.__ray_call__.remote(watch_reload_warnings))
+    publisher = Publisher.remote()
+    version = ray.get(vllm_engine.version.remote())
+    for v in (version + 1, version + 2):  # the second reload is the one that warned
+        handle = ray.get(publisher.publish.remote(state_of(load_policy(tiny_assets, noise_seed=v)), v))
+        assert ray.get(vllm_engine.load_weights.remote(handle)) == v
+    assert ray.get(vllm_engine.__ray_call__.remote(lambda engine: engine._reload_warnings)) == []

@@ -133,6 +133,26 @@ def test_broadcast_sends_every_bucket_to_every_receiver():
             assert tensor.dtype == state[name].dtype and torch.equal(tensor, state[name]), name
 
 
+def test_broadcast_group_can_be_formed_again_on_the_same_transports():
+    """What WeightSync.setup relies on after an engine is replaced: init again (new port), sync again."""
+    state = sample_state()
+    second_port = free_port()
+
+    def member(rank, transport):
+        for version in (1, 2):
+            if version == 2:
+                role = transport.role
+                transport.init("127.0.0.1", second_port, rank, 2, 20, role)
+            if rank == 0:
+                transport.send(BucketedWeights.from_state_dict(state, bucket_bytes=1000), version=version)
+            else:
+                got = dict(transport.receive(SyncHandle(version=version, transport="broadcast")))
+                assert torch.equal(got["head.weight"], state["head.weight"])
+        return "ok"
+
+    assert run_group(2, member) == ["ok", "ok"]
+
+
 def test_broadcast_refuses_an_unexpected_version():
     def member(rank, transport):
         if rank == 0:

@@ -7,8 +7,9 @@
 #
 # Submit from the repo root (the job runs there: $SLURM_SUBMIT_DIR). Extra arguments are
 # config overrides (e.g. rollout.num_engines=4). The Python environment with rlhf installed
-# (`pip install -e .[gpu]`) must be visible on every node: RLHF_VENV, or the repo's .venv, or
-# whatever is active when you call sbatch (--export=ALL carries PATH to every srun step).
+# (`pip install -c constraints/gpu.txt -e .[gpu]`) must be visible on every node: RLHF_VENV,
+# or the repo's .venv, or whatever is active when you call sbatch (--export=ALL carries PATH
+# to every srun step).
 #
 # RUN_DIR must be on a filesystem every node sees (Lustre, GPFS, NFS): it becomes
 # logging.output_dir, so metrics.jsonl and checkpoints land there. A failed or preempted job

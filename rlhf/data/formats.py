@@ -113,6 +113,9 @@ _FORMATS = [
     Format("unpaired", ("prompt", "completion", "label"), unpaired=pref.unpaired),
 ]
 FORMATS: dict[str, Format] = {f.name: f for f in _FORMATS}
+# Row fields that `data.columns` may map a file's column to: every format's keys and the optional
+# top-level fields some adapters read besides them.
+FIELD_NAMES = frozenset(key for f in _FORMATS for key in f.keys) | {"input", "system", "ranks", "scores"}
 
 
 def formats_for(kind: str) -> tuple[str, ...]:

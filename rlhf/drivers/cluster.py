@@ -52,12 +52,15 @@ def connect_ray(cfg: RLHFConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS")
+    # Quiet console (rlhf.drivers.console): the actors' lines stay in their log files, Ray's own show warnings only.
+    verbose = cfg.logging.verbose
+    ray_logging = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
         log.info("connecting to Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **ray_logging)
     else:
         log.info("no RAY_ADDRESS: joining a Ray cluster started on this machine, or starting a local one")
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, **ray_logging)
 
 
 def active_roles(cfg: RLHFConfig) -> list[str]:

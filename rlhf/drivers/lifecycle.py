@@ -34,7 +34,10 @@ from rlhf.config import RLHFConfig, to_yaml
 from rlhf.data.datasets import EpochSampler
 from rlhf.drivers.checkpoint import PendingCheckpoint, read_driver_state, resolve_resume, step_dirname
 from rlhf.drivers.cluster import Pool, actor_options, prepare_placement, release, write_placement
+from rlhf.drivers.console import log_dir
 from rlhf.drivers.metrics import MetricsLogger
+from rlhf.drivers.preemption import Preempted, PreemptionGuard
+from rlhf.report import update_report
 from rlhf.workers.faults import FaultInjector
 from rlhf.workers.group import WorkerError, WorkerGroup
 
@@ -57,6 +60,7 @@ class Driver:
         self.groups: dict[str, WorkerGroup] = {}
         self.last_checkpoint: Path | None = None
         self.faults = FaultInjector(cfg.debug.fail_at)
+        self.preemption = PreemptionGuard()
 
     # -- what an algorithm supplies ----------------------------------------------------------------
     def create_roles(self) -> dict[str, WorkerGroup]:
@@ -107,6 +111,7 @@ class Driver:
         (out / "config.yaml").write_text(to_yaml(cfg))
         self.pools = prepare_placement(cfg)
         metrics = None
+        self.preemption.install()
         try:
             self.start_roles()
             write_placement(list(self.groups.values()), out)
@@ -130,6 +135,7 @@ class Driver:
                         self.save_checkpoint()
                 except WorkerError as err:
                     raise type(err)(f"step {self.step}: {err}") from err
+                self._stop_if_preempted()
             if self.step > first_step and not self._checkpoint_is_current():
                 self.save_checkpoint()
             for role, model_dir in self.trained.items():
@@ -147,6 +153,7 @@ class Driver:
                 "seconds": seconds,
             }
         finally:
+            self.preemption.uninstall()
             if metrics is not None:
                 metrics.close()
             release(list(self.groups.values()), self.pools)
@@ -181,6 +188,7 @@ class Driver:
             startup_timeout_s=cfg.resources.startup_timeout_s,
             faults=self.faults,
             index_kwarg=index_kwarg,
+            log_dir=log_dir(cfg),
         )
 
     def _evaluate(self) -> dict[str, float]:
@@ -210,8 +218,18 @@ class Driver:
         )
         self.last_checkpoint = pending.commit()
         log.info("checkpoint saved: %s", self.last_checkpoint)
+        update_report(self.cfg.logging.output_dir)
         self.faults.driver_point("save_checkpoint")
         return self.last_checkpoint
+
+    def _stop_if_preempted(self) -> None:
+        """After SIGTERM: checkpoint the step just finished (unless it has one) and stop."""
+        if not self.preemption.requested:
+            return
+        if not self._checkpoint_is_current():
+            self.save_checkpoint()
+        raise Preempted(f"preempted (SIGTERM) after step {self.step}; checkpoint {self.last_checkpoint}; "
+                        "run again with checkpoint.resume=auto to continue")
 
     def _maybe_resume(self) -> None:
         ckpt = resolve_resume(self.cfg.checkpoint.resume, self.cfg.checkpoint_dir)

@@ -1,4 +1,5 @@
-"""Per-step metrics: one JSON line per step in <output_dir>/metrics.jsonl, wandb when enabled, a console progress bar.
+"""Per-step metrics: one JSON line per step in <output_dir>/metrics.jsonl, wandb when enabled, a console progress bar
+and a console line every logging.log_interval steps.
 
 On resume the lines of steps after the checkpoint are dropped first, so the file always reads as
 one uninterrupted run. wandb runs offline when mode is 'offline' or when 'online' is asked for
@@ -27,6 +28,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 class MetricsLogger:
     def __init__(self, cfg: RLHFConfig, total_steps: int, start_step: int = 0):
         self.logging: LoggingConfig = cfg.logging
+        self.total_steps = total_steps
         self.dir = Path(cfg.logging.output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
@@ -67,10 +69,16 @@ class MetricsLogger:
         self._file.flush()
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
+        shown = {k: f"{row[k]:.3g}" for k in postfix_keys if k in row}
         if self._bar is not None:
             self._bar.update(1 if advance else 0)
-            shown = {k: f"{row[k]:.3g}" for k in postfix_keys if k in row}
             self._bar.set_postfix(shown, refresh=False)
+        if advance and step % self.logging.log_interval == 0:
+            line = f"step {step}/{self.total_steps}  " + "  ".join(f"{k} {v}" for k, v in shown.items())
+            if self._bar is not None:
+                self._bar.write(line)
+            else:
+                print(line, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

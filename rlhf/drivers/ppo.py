@@ -36,6 +36,7 @@ from rlhf.config import RLHFConfig
 from rlhf.data.batch_ops import concat_rollouts, index_batch
 from rlhf.data.datasets import EpochSampler, load_prompt_dataset
 from rlhf.drivers.cluster import active_roles
+from rlhf.drivers.engine_restart import EngineRestarter
 from rlhf.drivers.lifecycle import Driver
 from rlhf.drivers.weight_sync import WeightSync
 from rlhf.models.loading import load_tokenizer
@@ -70,6 +71,7 @@ class OnlineDriver(Driver):
         self.score_moments = RunningMoments() if ppo.normalize_reward else None
         self.version = 0  # weights version the rollout engines hold
         self.weight_sync: WeightSync | None = None
+        self.engine_restarts: EngineRestarter | None = None
 
     # -- roles --------------------------------------------------------------------------------------
     def create_roles(self) -> dict[str, WorkerGroup]:
@@ -92,6 +94,7 @@ class OnlineDriver(Driver):
         super().start_roles()
         self.weight_sync = WeightSync(self.cfg, self.groups["policy"], self.groups["rollout"])
         self.weight_sync.setup()  # the rendezvous, before the first step (and before a resume's sync)
+        self.engine_restarts = EngineRestarter(self.groups["rollout"], self.cfg.rollout.max_engine_restarts)
 
     @property
     def trained(self) -> dict[str, str]:
@@ -115,6 +118,11 @@ class OnlineDriver(Driver):
 
     def after_resume(self) -> None:
         self.version = self.step  # one sync per step so far; the engines get that version now
+        self.weight_sync.sync(self.version)
+
+    def _resync_engines(self) -> None:
+        """After an engine was replaced: the sync group formed again with it, and every engine at self.version."""
+        self.weight_sync.setup()
         self.weight_sync.sync(self.version)
 
     # -- one step -------------------------------------------------------------------------------------
@@ -183,6 +191,7 @@ class OnlineDriver(Driver):
             "sync/seconds": t_sync,
             "sync/version": self.version,
             "sync/megabytes": sync_bytes / 2**20,
+            "rollout/engine_restarts": self.engine_restarts.restarts,
             "time/generate": t_generate,
             "time/score": t_score,
             "time/train": t_train,
@@ -243,15 +252,20 @@ class OnlineDriver(Driver):
         current weights version. prompt_index in the result indexes ``prompt_ids``."""
         engines = self.groups["rollout"]
         shards = [list(range(len(prompt_ids)))[i :: engines.num_actors] for i in range(engines.num_actors)]
-        outputs = engines.run_each(
-            "generate",
-            [([prompt_ids[i] for i in shard],) for shard in shards],
-            expected_version=self.version,
-            samples_per_prompt=1 if greedy else self.ppo.samples_per_prompt,
-            greedy=greedy,
-            seed=self.cfg.trainer.seed,  # keys every sample's seed with (step, round, engine): rlhf.algorithms.seeds
-            step=step,
-            round_index=round_index,
+        # An engine that dies or hangs is replaced and brought to the current weights, and the call repeated:
+        # the seeds depend on (step, round, engine, sample) only, so it draws the same samples.
+        outputs = self.engine_restarts.call(
+            lambda: engines.run_each(
+                "generate",
+                [([prompt_ids[i] for i in shard],) for shard in shards],
+                expected_version=self.version,
+                samples_per_prompt=1 if greedy else self.ppo.samples_per_prompt,
+                greedy=greedy,
+                seed=self.cfg.trainer.seed,  # keys every sample's seed with (step, round, engine): rlhf.algorithms.seeds
+                step=step,
+                round_index=round_index,
+            ),
+            resync=self._resync_engines,
         )
         for shard, out in zip(shards, outputs):
             out["prompt_index"] = torch.as_tensor(shard, dtype=torch.long)[out["prompt_index"]]

@@ -50,7 +50,11 @@ class WeightSync:
         self.engines_asleep = False
 
     def setup(self) -> None:
-        """Create the transport on every side; a streaming one forms its group (all members at once)."""
+        """Create the transport on every side; a streaming one forms its group (all members at once).
+
+        Run it again after replacing an engine: a new group (on a new port) replaces the old one on
+        every side, since a broadcast group cannot take in a new member.
+        """
         engines = self.rollout.num_actors
         init_kwargs = {}
         if self.streaming:

@@ -117,6 +117,21 @@ def _set_pad_id(model, path: str) -> None:
         model.config.pad_token_id = load_tokenizer(path).pad_token_id
 
 
+def plain_generation_config(model):
+    """The model's generation config with only its special token ids, to put in place of the model's own.
+
+    A checkpoint's sampling defaults (Llama-3: temperature 0.6, top-p 0.9; Qwen2: top-k 20,
+    repetition penalty 1.05) are applied by ``generate`` to every setting the caller leaves out,
+    and transformers 5 merges them even into a ``generation_config=`` argument; with this config
+    as ``model.generation_config`` the caller's settings alone decide the distribution (and so
+    the logprobs the trainer recomputes). Measured on the qwen2 tiny family: the hf rollout's
+    logprobs were 0.14 off the trainer's with the checkpoint's config, 1e-6 with this one."""
+    from transformers import GenerationConfig
+
+    own = model.generation_config
+    return GenerationConfig(bos_token_id=own.bos_token_id, eos_token_id=own.eos_token_id, pad_token_id=own.pad_token_id)
+
+
 def _enable_gradient_checkpointing(model) -> None:
     # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -12,7 +12,10 @@ or, for a peft (LoRA) model:
 
 `export_units(model)` is what weight sync sends to the rollout engines, one module at a time:
 every entry of the HF model's state_dict, LoRA merged in (W + scale * B @ A, computed on the
-side: the training weights are never modified), peft prefixes stripped.
+side: the training weights are never modified), peft prefixes stripped. A parameter shared by
+several modules (tied input/output embeddings: Llama-3, Qwen2) is sent once, under its first
+name (``model.embed_tokens.weight``; ``lm_head.weight`` is left out), as ``save_pretrained``
+writes it; receivers tie it back (vLLM and transformers do for ``tie_word_embeddings``).
 `export_merged_state_dict(model)` collects those entries as CPU copies.
 """
 
@@ -73,12 +76,14 @@ def export_units(model) -> Iterator[ExportUnit]:
 
     Names are those of ``hf_model(model).state_dict()``, e.g. ``model.layers.0.self_attn.q_proj.weight``;
     a LoRA layer is one unit under its own name whose weight is W + scale * B @ A (computed on
-    the side: the training weights are never modified). Every rank walks the same units.
+    the side: the training weights are never modified). Every rank walks the same units. A tied
+    parameter is in the unit of the first module that holds it only.
     """
     from peft.tuners.lora import LoraLayer
     from peft.utils.other import ModulesToSaveWrapper
 
     skip: str | None = None  # prefix of a subtree already exported as a whole
+    seen: set[int] = set()  # ids of the parameters exported so far: a tied one is sent once
     for name, module in hf_model(model).named_modules():
         if skip is not None and name.startswith(skip):
             continue
@@ -95,9 +100,11 @@ def export_units(model) -> Iterator[ExportUnit]:
                 sub_prefix = f"{prefix}{sub_name}." if sub_name else prefix
                 yield ExportUnit(_own_parameters(sub), _own_specs(sub, sub_prefix), functools.partial(_own_state, sub, sub_prefix))
         else:
-            specs = _own_specs(module, prefix)
+            exported = frozenset(seen)
+            specs = _own_specs(module, prefix, exported)
             if specs:
-                yield ExportUnit(_own_parameters(module), specs, functools.partial(_own_state, module, prefix))
+                yield ExportUnit(_own_parameters(module, exported), specs, functools.partial(_own_state, module, prefix, exported))
+            seen.update(id(p) for p in _own_parameters(module))
 
 
 def export_merged_state_dict(model, gather: GatherFn | None = None, collect: bool = True) -> dict[str, torch.Tensor]:
@@ -117,26 +124,27 @@ def export_merged_state_dict(model, gather: GatherFn | None = None, collect: boo
     return out
 
 
-def _own_parameters(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module._parameters.values() if p is not None]
+def _own_parameters(module: nn.Module, exported: frozenset[int] = frozenset()) -> list[nn.Parameter]:
+    return [p for p in module._parameters.values() if p is not None and id(p) not in exported]
 
 
-def _own_entries(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The module's own (non-recursive) state_dict entries: parameters and persistent buffers."""
-    entries = {n: p for n, p in module._parameters.items() if p is not None}
+def _own_entries(module: nn.Module, exported: frozenset[int] = frozenset()) -> dict[str, torch.Tensor]:
+    """The module's own (non-recursive) state_dict entries: parameters (less the ``exported`` ones,
+    by id) and persistent buffers."""
+    entries = {n: p for n, p in module._parameters.items() if p is not None and id(p) not in exported}
     entries.update(
         {n: b for n, b in module._buffers.items() if b is not None and n not in module._non_persistent_buffers_set}
     )
     return entries
 
 
-def _own_specs(module: nn.Module, prefix: str) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+def _own_specs(module: nn.Module, prefix: str, exported: frozenset[int] = frozenset()) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
     # ds_shape: a ZeRO-3 parameter's full shape while its data is partitioned away.
-    return [(prefix + n, tuple(getattr(t, "ds_shape", t.shape)), t.dtype) for n, t in _own_entries(module).items()]
+    return [(prefix + n, tuple(getattr(t, "ds_shape", t.shape)), t.dtype) for n, t in _own_entries(module, exported).items()]
 
 
-def _own_state(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    return {prefix + n: t.detach() for n, t in _own_entries(module).items()}
+def _own_state(module: nn.Module, prefix: str, exported: frozenset[int] = frozenset()) -> dict[str, torch.Tensor]:
+    return {prefix + n: t.detach() for n, t in _own_entries(module, exported).items()}
 
 
 def _merged_lora_layer(layer, prefix: str) -> dict[str, torch.Tensor]:
@@ -176,9 +184,12 @@ def merged_model(model) -> nn.Module:
     state = export_merged_state_dict(model)
     with torch.device("meta"):
         fresh = type(base)(copy.deepcopy(base.config))
-    fresh.load_state_dict(state, strict=True, assign=True)
+    missing, unexpected = fresh.load_state_dict(state, strict=False, assign=True)
     if getattr(fresh.config, "tie_word_embeddings", False):
-        fresh.tie_weights()
+        fresh.tie_weights()  # the output embedding was exported once, as the input embedding
+    untied = [n for n, p in fresh.named_parameters() if p.is_meta]
+    if unexpected or untied:
+        raise RuntimeError(f"merged model: unexpected weights {unexpected[:3]}, weights not exported {untied[:3]} (missing {missing[:3]})")
     if getattr(base, "generation_config", None) is not None:
         fresh.generation_config = copy.deepcopy(base.generation_config)
     return fresh.eval()

@@ -25,11 +25,16 @@ import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from rlhf.workers.actor_logs import actor_log_file, with_log_file
 from rlhf.workers.faults import FaultInjector, fail_inside_actor
 
 
 class WorkerError(RuntimeError):
-    """A role's actors failed as a group: timed out or died."""
+    """A role's actors failed as a group: timed out or died. ``actors``: the indices of the actors at fault."""
+
+    def __init__(self, message: str, actors: Sequence[int] = ()):
+        super().__init__(message)
+        self.actors = list(actors)
 
 
 class RoleTimeoutError(WorkerError):
@@ -91,6 +96,7 @@ class WorkerGroup:
     ``actor_cls`` is a plain class (wrapped with ray.remote here) or an existing ray.remote class.
     ``faults``: the run's fault injector (debug.fail_at), consulted for every call.
     ``startup_timeout_s`` bounds `wait_ready` and `setup_distributed` (default: call_timeout_s).
+    ``log_dir``: actor i's output goes to <log_dir>/<role>-<i>.log instead of Ray's log stream.
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class WorkerGroup:
         index_kwarg: str | None = None,
         faults: FaultInjector | None = None,
         startup_timeout_s: float | None = None,
+        log_dir: str | None = None,
     ):
         if num_actors < 1:
             raise ValueError(f"{role}: num_actors must be >= 1, got {num_actors}")
@@ -133,11 +140,21 @@ class WorkerGroup:
                 opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=index
                 )
-        remote_cls = actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else ray.remote(actor_cls)
-        self.actors = [
-            remote_cls.options(**opts).remote(*init_args, **(init_kwargs or {}), **({index_kwarg: i} if index_kwarg else {}))
-            for i, opts in enumerate(per_actor)
-        ]
+        if isinstance(actor_cls, ray.actor.ActorClass):
+            self._remote_cls, log_dir = actor_cls, None
+        else:
+            self._remote_cls = ray.remote(with_log_file(actor_cls) if log_dir is not None else actor_cls)
+        self._log_dir, self._index_kwarg = log_dir, index_kwarg
+        self._options, self._init_args, self._init_kwargs = per_actor, tuple(init_args), dict(init_kwargs or {})
+        self.actors = [self._new_actor(i) for i in range(num_actors)]
+
+    def _new_actor(self, index: int):
+        kwargs = dict(self._init_kwargs)
+        if self._index_kwarg is not None:
+            kwargs[self._index_kwarg] = index
+        if self._log_dir is not None:
+            kwargs["rlhf_log_file"] = actor_log_file(self._log_dir, self.role, index)
+        return self._remote_cls.options(**self._options[index]).remote(*self._init_args, **kwargs)
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -217,6 +234,12 @@ class WorkerGroup:
         refs = [actor.__ray_ready__.remote() for actor in self.actors]
         self._wait(refs, "__init__", list(range(len(refs))), self.startup_timeout_s)
 
+    def restart(self, index: int) -> None:
+        """Replace actor ``index`` (dead or hung) by a new one built the same way, in the same bundle; waits until it is ready."""
+        ray.kill(self.actors[index], no_restart=True)
+        self.actors[index] = self._new_actor(index)
+        self._wait([self.actors[index].__ray_ready__.remote()], "__init__", [index], self.startup_timeout_s)
+
     def kill(self) -> None:
         """End every actor of the group now (no cleanup runs inside them)."""
         for actor in self.actors:
@@ -239,7 +262,7 @@ class WorkerGroup:
             if remaining <= 0:
                 busy = sorted(actor_indices[index_of[r]] for r in pending)
                 raise RoleTimeoutError(
-                    f"{self.role} did not answer {method} within {timeout_s:g} s (actors {busy} still busy)"
+                    f"{self.role} did not answer {method} within {timeout_s:g} s (actors {busy} still busy)", busy
                 )
             ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
             for ref in ready:
@@ -247,11 +270,14 @@ class WorkerGroup:
                 try:
                     results[i] = ray.get(ref, timeout=0)
                 except RayActorError as exc:
-                    raise RoleDiedError(f"{self.role} actor {actor_indices[i]} died during {method}: {_describe(exc)}") from exc
+                    raise RoleDiedError(
+                        f"{self.role} actor {actor_indices[i]} died during {method}: {_describe(exc)}", [actor_indices[i]]
+                    ) from exc
                 except RayTaskError as exc:
                     cause = exc.cause if exc.cause is not None else exc
                     raise RoleFailedError(
-                        f"{self.role} actor {actor_indices[i]} failed in {method}: {type(cause).__name__}: {cause}"
+                        f"{self.role} actor {actor_indices[i]} failed in {method}: {type(cause).__name__}: {cause}",
+                        [actor_indices[i]],
                     ) from exc
                 except GetTimeoutError:  # pragma: no cover - a ready ref does not time out
                     pending.append(ref)

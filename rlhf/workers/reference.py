@@ -20,12 +20,14 @@ from rlhf.workers.trainer_base import (
     split_batch,
     to_device,
 )
+from rlhf.workers.threads import match_cpu_share
 
 
 class ReferenceWorker(RoleWorker):
     """Frozen reference model; model.reference, else the initial policy."""
 
     def __init__(self, cfg: RLHFConfig, model_path: str | None = None):
+        match_cpu_share()
         self.cfg = cfg
         self.device = device_for(cfg)
         path = model_path or cfg.model.reference or cfg.model.policy

@@ -26,6 +26,7 @@ from rlhf.workers.trainer_base import (
     split_batch,
     to_device,
 )
+from rlhf.workers.threads import match_cpu_share
 
 
 def import_reward_fn(spec: str) -> Callable[[str, str], float]:
@@ -46,6 +47,7 @@ class RewardWorker(RoleWorker):
     """Scores sequences; holds a frozen reward model (replica per actor) or a rule function."""
 
     def __init__(self, cfg: RLHFConfig, model_path: str | None = None):
+        match_cpu_share()
         self.cfg = cfg
         self.device = device_for(cfg)
         self.policy_tokenizer = load_tokenizer(cfg.model.policy)

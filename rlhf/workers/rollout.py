@@ -33,6 +33,7 @@ import torch
 from rlhf.algorithms.seeds import sampling_seeds
 from rlhf.config import RLHFConfig
 from rlhf.data.padding import build_sequence_batch
+from rlhf.models.loading import plain_generation_config
 from rlhf.data.stop_tokens import stop_token_ids
 from rlhf.data.templates import use_chat_template
 from rlhf.weight_sync import SyncHandle, WeightTransport, gpu_uuid, make_transport
@@ -66,8 +67,28 @@ class RolloutWorkerExtension:
 
     def rlhf_load_weights(self, handle: SyncHandle) -> None:
         transport = _cached_transport(self.__dict__.setdefault("_rlhf_transports", {}), handle.transport, "auto")
+        skip_computed_buffers(self.model_runner.get_model())
         # A streaming transport's receive is a generator: each bucket is received as the loader reaches it.
         self.reload_weights(weights_iterator=transport.receive(handle))
+
+
+def skip_computed_buffers(model: torch.nn.Module) -> None:
+    """Tell vLLM's layer-wise reload that non-persistent buffers are not weights.
+
+    `reload_weights` counts every parameter and buffer of a layer as something to load. A rotary
+    embedding's `cos_sin_cache` is a non-persistent buffer computed at start-up that no checkpoint
+    (and no sync) contains, so every reload logged "RotaryEmbedding: Failed to load weights" and
+    fell back to the cache it kept. Names in vLLM's SKIP_LOAD_TENSORS are left out of that count
+    (the buffer is still kept and restored). Buffers that alias a parameter stay counted.
+    """
+    from vllm.model_executor.model_loader.reload import meta
+
+    param_ptrs = {p.data_ptr() for p in model.parameters()}
+    for module in model.modules():
+        for name in module._non_persistent_buffers_set:
+            buffer = module._buffers.get(name)
+            if buffer is not None and buffer.data_ptr() not in param_ptrs:
+                meta.SKIP_LOAD_TENSORS.add(name)
 
 
 def _cached_transport(cache: dict[str, WeightTransport], name: str, device: str) -> WeightTransport:
@@ -282,18 +303,22 @@ class RolloutEngine:
 
         torch.manual_seed(self._seed)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_TORCH_DTYPES[self.cfg.model.dtype])
+        # rollout.* alone decides the sampling distribution (and so the logprobs the trainer recomputes).
+        model.generation_config = plain_generation_config(model)
         return model.to(self._device).eval()
 
     @torch.no_grad()
     def _load_hf_weights(self, weights, handle: SyncHandle) -> None:
-        params = dict(self._model.named_parameters())
+        # Every name of a tied parameter is accepted (lm_head.weight is model.embed_tokens.weight in a
+        # tied model), and a tied parameter received under any one of its names counts as received.
+        params = dict(self._model.named_parameters(remove_duplicate=False))
         received = set()
         for name, tensor in weights:
             if name not in params:
                 raise KeyError(f"weight sync v{handle.version}: the rollout model has no parameter {name!r}")
             params[name].copy_(tensor)
-            received.add(name)
-        missing = sorted(set(params) - received)
+            received.add(id(params[name]))
+        missing = sorted(name for name, p in self._model.named_parameters() if id(p) not in received)
         if missing:
             raise KeyError(f"weight sync v{handle.version}: {len(missing)} parameters not sent, e.g. {missing[:3]}")
 

@@ -32,8 +32,10 @@ from rlhf.data.batch_ops import Batch, batch_size, split_batch
 from rlhf.models.loading import device_for, load_tokenizer
 from rlhf.models.saving import save_hf
 from rlhf.registry import get_algorithm
+from rlhf.workers.checkpoint_files import load_rng_state, save_rng_state, weights_only_deepspeed_loads
 from rlhf.workers.deepspeed_config import build_deepspeed_config, build_lr_scheduler
 from rlhf.workers.distributed import free_port, init_distributed, node_ip
+from rlhf.workers.threads import match_cpu_share
 
 
 
@@ -58,22 +60,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def _rng_state() -> dict:
-    """Python, numpy and torch RNG states of this process (dropout, sampling inside the trainer)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -113,6 +99,7 @@ class TrainerBase(RoleWorker):
     stat_prefix = "trainer"  # metric names: "<stat_prefix>/loss", ...
 
     def __init__(self, cfg: RLHFConfig, model_path: str, total_steps: int | None = None):
+        match_cpu_share()
         self.cfg = cfg
         self.model_path = model_path
         self.device = device_for(cfg)
@@ -293,7 +280,7 @@ class TrainerBase(RoleWorker):
         """
         engine = self._require_engine()
         engine.save_checkpoint(path, tag=CHECKPOINT_TAG, exclude_frozen_parameters=self._has_frozen_parameters())
-        torch.save(_rng_state(), self._rng_path(path))
+        save_rng_state(self._rng_path(path))
         return path
 
     def _rng_path(self, path: str) -> str:
@@ -304,17 +291,18 @@ class TrainerBase(RoleWorker):
         engine = self._require_engine()
         if not os.path.isdir(os.path.join(path, CHECKPOINT_TAG)):
             raise FileNotFoundError(f"{self.role}: no DeepSpeed checkpoint (tag {CHECKPOINT_TAG!r}) in {path}")
-        loaded, _ = engine.load_checkpoint(
-            path,
-            tag=CHECKPOINT_TAG,
-            load_module_strict=not self._has_frozen_parameters(),
-            load_optimizer_states=True,
-            load_lr_scheduler_states=True,
-        )
+        with weights_only_deepspeed_loads(engine):  # checkpoint files are data, never pickled code
+            loaded, _ = engine.load_checkpoint(
+                path,
+                tag=CHECKPOINT_TAG,
+                load_module_strict=not self._has_frozen_parameters(),
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+            )
         if loaded is None:
             raise FileNotFoundError(f"{self.role}: no DeepSpeed checkpoint (tag {CHECKPOINT_TAG!r}) in {path}")
         if os.path.isfile(self._rng_path(path)):
-            _set_rng_state(torch.load(self._rng_path(path), weights_only=False))
+            load_rng_state(self._rng_path(path))
         return path
 
     def save_pretrained(self, path: str) -> str | None:

@@ -118,6 +118,14 @@ def _check_dynamic_sampling(cfg: RLHFConfig) -> None:
         raise ValueError("algorithm.ppo.dynamic_sampling: drops groups of equal rewards; needs samples_per_prompt >= 2")
 
 
+def _check_no_length_normalisation(cfg: RLHFConfig) -> None:
+    if cfg.trainer.loss_agg_mode == "seq_mean_token_mean":
+        raise ValueError(
+            f"trainer.loss_agg_mode: {cfg.algorithm.name} removes GRPO's per-response length normalisation; "
+            "seq_mean_token_mean puts it back (use token_mean or seq_mean_token_sum)"
+        )
+
+
 def _online_samples_per_step(cfg: RLHFConfig) -> int:
     return cfg.algorithm.ppo.mini_batch_size
 
@@ -128,8 +136,9 @@ def _online_optimizer_steps(cfg: RLHFConfig) -> int:
     return ppo.num_steps * ppo.ppo_epochs * per_rollout
 
 
-def _online(name: str, advantage: str, description: str, critic: bool = False, grouped: bool = True) -> Algorithm:
-    checks: tuple[Check, ...] = (_check_reward, _check_dynamic_sampling)
+def _online(name: str, advantage: str, description: str, critic: bool = False, grouped: bool = True,
+            extra_checks: tuple[Check, ...] = ()) -> Algorithm:
+    checks: tuple[Check, ...] = (_check_reward, _check_dynamic_sampling, *extra_checks)
     if critic:
         checks += (_check_critic_model, _check_minibatches(("policy", "critic")))
     else:
@@ -204,7 +213,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         _online("ppo", "gae", "PPO with a KL-shaped reward, a critic and GAE (Schulman et al. 2017; Ouyang et al. 2022)",
                 critic=True, grouped=False),
         _online("grpo", "grpo", "GRPO: group-normalised outcome advantage, no critic (Shao et al. 2024, DeepSeekMath)"),
-        _online("dr_grpo", "dr_grpo", "Dr. GRPO: GRPO without the std division or length normalisation (Liu et al. 2025)"),
+        _online("dr_grpo", "dr_grpo", "Dr. GRPO: GRPO without the std division or length normalisation (Liu et al. 2025)",
+                extra_checks=(_check_no_length_normalisation,)),
         _online("rloo", "rloo", "RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024)"),
         _online("reinforce_pp", "reinforce_pp", "REINFORCE++: KL in the reward, global advantage normalisation (Hu 2025)",
                 grouped=False),

@@ -89,3 +89,12 @@ def test_nothing_outside_the_registry_branches_on_the_algorithm_name():
 def test_a_fault_aimed_at_a_role_the_algorithm_does_not_start_is_refused():
     with pytest.raises(ValueError, match=r"debug.fail_at.role: grpo starts no critic actor here \(its roles: policy, reference"):
         RLHFConfig.model_validate({**online("grpo").model_dump(), "debug": {"fail_at": {"role": "critic", "step": 1}}})
+
+
+def test_dr_grpo_refuses_length_normalised_loss():
+    cfg = online("dr_grpo").model_dump()
+    cfg["trainer"]["loss_agg_mode"] = "seq_mean_token_mean"
+    with pytest.raises(ValueError, match="trainer.loss_agg_mode: dr_grpo removes GRPO's per-response length normalisation"):
+        RLHFConfig.model_validate(cfg)
+    cfg["algorithm"]["name"] = "grpo"
+    RLHFConfig.model_validate(cfg)  # GRPO as published normalises by length

@@ -346,5 +346,6 @@ class OnlineDriver(Driver):
 
 
 def _mean_stats(stats: list[dict]) -> dict[str, float]:
+    """The step's metrics over its minibatch updates: the mean, except the largest of a maximum (``*_max``)."""
     keys = {k for s in stats for k in s}
-    return {k: float(np.mean([s[k] for s in stats if k in s])) for k in sorted(keys)}
+    return {k: float((np.max if k.endswith("_max") else np.mean)([s[k] for s in stats if k in s])) for k in sorted(keys)}

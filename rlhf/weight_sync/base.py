@@ -90,9 +90,6 @@ class WeightTransport(ABC):
     def receive(self, handle: SyncHandle) -> Iterable[tuple[str, torch.Tensor]]:
         """The published ``(name, tensor)`` pairs, in bucket order."""
 
-    def wait(self) -> None:
-        """Sender side: block until the last send no longer reads the trainer's tensors."""
-
     def close(self) -> None:
         """Release communicators or buffers; the transport is not used afterwards."""
 

@@ -99,9 +99,6 @@ class PolicyTrainer(TrainerBase):
             kl_loss_coef=ppo.kl_loss_coef, kl_loss_estimator=ppo.kl_loss_estimator,
             rollout_is_cap=ppo.rollout_is_cap, loss_agg_mode=mode,
         )
-        if self._transport is not None:
-            self._transport.wait()  # a pending send may still read the weights this step changes
-
         def count_fn(mb):
             return {"response": agg_count(mb["response_mask"], mode)}
 

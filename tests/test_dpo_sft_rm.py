@@ -118,7 +118,7 @@ def test_dpo_precomputed_reference_gives_the_live_step(dpo_live, tiny_assets_dir
     # A resumed run reads the saved reference logprobs back: the resumed policy is no longer the reference.
     first_ref = driver.train_ref
     resumed = DPODriver(tiny_config("dpo", tiny_assets_dir, out, *overrides, "trainer.max_steps=2"))
-    assert [row["step"] for row in resumed.run()["history"]] == [2]
+    assert [row["step"] for row in resumed.run()["history"]] == [0, 1, 2]  # the first run's rows, then step 2
     assert torch.equal(resumed.train_ref, first_ref)
 
 

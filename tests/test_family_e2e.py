@@ -60,10 +60,7 @@ def test_family_sft_rm_ppo_and_sft_dpo(family, ray_session, tmp_path):
     assert accuracy[-1][1] > 0.5, accuracy
 
 
-def test_family_ppo_learns(family, ray_session, tmp_path, request):
-    from test_family_sync import mark_vllm_tied_sync_bug
-
-    mark_vllm_tied_sync_bug(request, family)
+def test_family_ppo_learns(family, ray_session, tmp_path):
     out = tmp_path / "ppo"
     run(resolve_config(TINY, tiny_overrides(
         family["root"], out, f"tiny_family={family['family']}", "algorithm.ppo.num_steps=14",

@@ -13,17 +13,6 @@ from rlhf.models.saving import export_merged_state_dict, merged_model
 from rlhf.workers.rollout import RolloutEngine
 
 
-def mark_vllm_tied_sync_bug(request, assets) -> None:
-    """Known bug, measured here: after a sync, vLLM CPU samples a tied model (llama3, qwen2) with a
-    stale output embedding (rollout vs trainer logprobs ~1.1 apart; untied mistral 1e-6). Its
-    tied lm_head is skipped by load_weights, so reload_weights does not redo its CPU GEMM packing.
-    strict: the mark fails the test once the bug is fixed."""
-    from transformers import AutoConfig
-
-    if AutoConfig.from_pretrained(assets["policy"]).tie_word_embeddings:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="vLLM CPU: tied lm_head stale after a weight sync"))
-
-
 def sync_exported_and_check(engine_call, assets, tokenizer) -> float:
     """Publish the trainer's export of perturbed weights; the engine must then sample with exactly them."""
     model = load_policy(assets, noise_seed=1)
@@ -66,10 +55,8 @@ def test_hf_backend_syncs_every_family(family_assets, ray_session):
 
 
 @pytest.mark.slow
-def test_vllm_syncs_every_family(family_assets, ray_session, request):
+def test_vllm_syncs_every_family(family_assets, ray_session):
     from transformers import AutoTokenizer
-
-    mark_vllm_tied_sync_bug(request, family_assets)
 
     engine = ray.remote(num_cpus=1)(RolloutEngine).remote(rollout_config(family_assets, "vllm"), family_assets["policy"])
     try:

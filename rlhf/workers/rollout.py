@@ -70,6 +70,27 @@ class RolloutWorkerExtension:
         skip_computed_buffers(self.model_runner.get_model())
         # A streaming transport's receive is a generator: each bucket is received as the loader reaches it.
         self.reload_weights(weights_iterator=transport.receive(handle))
+        refresh_tied_output_layer(self.model_runner.get_model())
+
+
+def refresh_tied_output_layer(model: torch.nn.Module) -> None:
+    """Make a tied model's output layer compute with the input embedding it was just reloaded into.
+
+    With tie_word_embeddings the checkpoint (and every sync) holds only ``embed_tokens.weight``; vLLM's
+    loader skips ``lm_head.weight``, so its layer-wise reload never re-runs the output layer's
+    ``process_weights_after_loading``. On the CPU that step is where the GEMM is prepared (a oneDNN or
+    packed copy of the weight), so the engine went on sampling with the start-up output embedding
+    (rollout vs trainer logprobs ~1 apart). Re-tying the parameter and re-running that step makes
+    it use the new weights; on GPUs the unquantized step does nothing.
+    """
+    config = getattr(model, "config", None)
+    lm_head = getattr(model, "lm_head", None)
+    embed_tokens = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if not getattr(config, "tie_word_embeddings", False) or lm_head is None or embed_tokens is None:
+        return
+    if lm_head is not embed_tokens:
+        lm_head.weight = embed_tokens.weight
+    lm_head.quant_method.process_weights_after_loading(lm_head)
 
 
 def skip_computed_buffers(model: torch.nn.Module) -> None:

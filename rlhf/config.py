@@ -189,6 +189,20 @@ class DPOConfig(Section):
     )
 
 
+class KTOConfig(Section):
+    beta: float = Field(0.1, gt=0, description="Inverse temperature of the implicit reward beta * log(pi / pi_ref).")
+    desirable_weight: float = Field(
+        1.0, gt=0, description="lambda_D, the weight of desirable examples' losses (the paper recommends "
+        "desirable_weight*n_desirable / (undesirable_weight*n_undesirable) in [1, 4/3]; outside it a warning is logged).",
+    )
+    undesirable_weight: float = Field(1.0, gt=0, description="lambda_U, the weight of undesirable examples' losses.")
+    precompute_ref_logprobs: bool = Field(
+        True,
+        description="Score every example and its mismatched KL row with the reference once before the first step (saved "
+        "in <output_dir>/reference_logprobs.safetensors for resumes); as algorithm.dpo.precompute_ref_logprobs.",
+    )
+
+
 class RMConfig(Section):
     margin: Optional[float] = Field(None, description="Fixed margin in the Bradley-Terry loss.")
 
@@ -199,6 +213,7 @@ class AlgorithmConfig(Section):
         default_factory=PPOConfig, description="Online RL hyperparameters (ppo, grpo, dr_grpo, rloo, reinforce_pp, ...)."
     )
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO hyperparameters.")
+    kto: KTOConfig = Field(default_factory=KTOConfig, description="KTO hyperparameters.")
     rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model training hyperparameters.")
 
 

@@ -4,7 +4,7 @@ An entry declares what the rest of the system asks about an algorithm:
 
 - ``roles(cfg)``: the roles started as separate actors (`drivers.cluster` plans only these);
 - ``section``: its hyperparameter section under ``algorithm`` (``algorithm.ppo`` for every online
-  algorithm, ``algorithm.dpo``, ``algorithm.rm``; SFT has none);
+  algorithm, ``algorithm.dpo``, ``algorithm.kto``, ``algorithm.rm``; SFT has none);
 - ``checks``: its cross-field config rules, run at load (`config._check_consistency`), each raising
   ``ValueError("key: reason")``;
 - ``driver``: the driver class that runs it, as ``"module:Class"`` (imported only by `run`), whose
@@ -181,13 +181,19 @@ def _check_rm_full_weights(cfg: RLHFConfig) -> None:
         raise ValueError("model.lora: reward-model training (algorithm.name=rm) trains all weights; set model.lora.enabled=false")
 
 
-def _dpo_roles(cfg: RLHFConfig) -> list[str]:
-    """A reference actor, except with LoRA's reference_from_base (the policy disables its adapter) and when
-    precomputing against the initial policy (the policy scores every pair itself before its first update)."""
-    if cfg.model.reference_from_base:
-        return ["policy"]
-    initial_policy = cfg.model.reference in (None, cfg.model.policy)
-    return ["policy"] if cfg.algorithm.dpo.precompute_ref_logprobs and initial_policy else ["policy", "reference"]
+def _reference_roles(section: str) -> Callable[["RLHFConfig"], list[str]]:
+    """Roles of an offline algorithm with a frozen reference (DPO, KTO): a reference actor, except with LoRA's
+    reference_from_base (the policy disables its adapter) and when precomputing against the initial policy
+    (the policy scores every example itself before its first update)."""
+
+    def roles(cfg: RLHFConfig) -> list[str]:
+        if cfg.model.reference_from_base:
+            return ["policy"]
+        initial_policy = cfg.model.reference in (None, cfg.model.policy)
+        precompute = getattr(cfg.algorithm, section).precompute_ref_logprobs
+        return ["policy"] if precompute and initial_policy else ["policy", "reference"]
+
+    return roles
 
 
 def _policy_only(cfg: RLHFConfig) -> list[str]:
@@ -221,7 +227,10 @@ ALGORITHMS: dict[str, Algorithm] = {
         _online("reinforce_pp_baseline", "reinforce_pp_baseline",
                 "REINFORCE++-baseline: group-mean baseline, then global normalisation (Hu 2025)"),
         _offline("dpo", "rlhf.drivers.dpo:DPODriver", "DPO and its variants on preference pairs (Rafailov et al. 2023)",
-                 _dpo_roles, "dpo", _check_dpo_smoothing),
+                 _reference_roles("dpo"), "dpo", _check_dpo_smoothing),
+        _offline("kto", "rlhf.drivers.kto:KTODriver",
+                 "KTO: unpaired desirable/undesirable examples, prospect-theoretic loss (Ethayarajh et al. 2024)",
+                 _reference_roles("kto"), "kto"),
         _offline("sft", "rlhf.drivers.sft:SFTDriver", "Supervised fine-tuning on prompt/completion data", _policy_only, None),
         _offline("rm", "rlhf.drivers.rm:RMDriver", "Bradley-Terry reward-model training on preference pairs (Ouyang et al. 2022)",
                  _policy_only, "rm", _check_rm_full_weights),

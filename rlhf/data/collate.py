@@ -10,6 +10,9 @@
   ``attention_mask``, ``loss_mask``), right-padded to one shared length T, so that
   ``torch.cat([chosen_x, rejected_x])`` is the concatenated [2B, T] batch (chosen rows first)
   when the policy should see both in a single forward pass.
+- Unpaired (KTO): the SFT tensors plus a bool ``desirable`` [B]; the mismatched (prompt,
+  completion) rows that KTO's reference point is estimated from are SFT rows of
+  `mismatched_examples`, paired by `kl_partners`.
 
 ``attention_mask`` is long (0/1), ``loss_mask`` float (0.0/1.0), ``input_ids`` long; padding
 uses ``pad_id`` (any valid id: the masks, not the ids, decide what counts).
@@ -17,12 +20,18 @@ uses ``pad_id`` (any valid id: the masks, not the ids, decide what counts).
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
 
 from rlhf.data.padding import pad_sequences
-from rlhf.data.tokenize import TokenizedPreference, TokenizedPrompt, TokenizedSFT
+from rlhf.data.tokenize import TokenizedPreference, TokenizedPrompt, TokenizedSFT, TokenizedUnpaired
+
+log = logging.getLogger(__name__)
+
+# How many shifts `kl_partners` tries before settling for the one with the fewest self-pairings.
+_MAX_KL_SHIFTS = 64
 
 
 def collate_prompts(examples: Sequence[TokenizedPrompt], pad_id: int) -> dict:
@@ -71,3 +80,39 @@ def pairs_as_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A preference batch as one [2B, T] batch of rows {input_ids, attention_mask, loss_mask}: the B
     chosen rows first, then the B rejected rows (pair i is rows i and B + i)."""
     return {key: torch.cat([batch[f"chosen_{key}"], batch[f"rejected_{key}"]]) for key in ("input_ids", "attention_mask", "loss_mask")}
+
+
+def collate_unpaired(examples: Sequence[TokenizedUnpaired], pad_id: int) -> dict[str, torch.Tensor]:
+    """{input_ids, attention_mask, loss_mask: [B, T] as `collate_sft`; desirable: [B] bool}."""
+    return {**collate_sft(examples, pad_id), "desirable": torch.tensor([e.desirable for e in examples], dtype=torch.bool)}
+
+
+def kl_partners(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """KTO's mismatched pairs: index j = partners[i] whose completion goes with example i's prompt.
+
+    partners[i] = (i + k) mod N, with k the smallest shift >= 1 under which no example's prompt
+    equals its partner's (tried up to 64 shifts; else the one with the fewest equal prompts, with a
+    warning). A shift is a permutation, so every completion appears in exactly one mismatched pair,
+    and a data set of split preference pairs (desirable and undesirable of one prompt adjacent)
+    gets k = 2, not TRL's 1 (which would pair each undesirable answer's prompt with its own
+    desirable answer). TRL rotates by one within each batch; here the pairing is fixed per data set
+    (by dataset order) so that the reference's logprobs of the mismatched rows can be precomputed
+    once, like the completions', while the sampler still shuffles the batches.
+    """
+    n = len(prompts)
+    best, best_equal = 1, None
+    for k in range(1, min(n, _MAX_KL_SHIFTS + 1)):
+        equal = sum(prompts[i] == prompts[(i + k) % n] for i in range(n))
+        if best_equal is None or equal < best_equal:
+            best, best_equal = k, equal
+        if equal == 0:
+            break
+    if best_equal:
+        log.warning("KTO: %d of %d mismatched (prompt, completion) pairs share their prompt (shift %d): "
+                    "too few distinct prompts for the KL estimate", best_equal, n, best)
+    return [(i + best) % n for i in range(n)]
+
+
+def mismatched_examples(examples: Sequence[TokenizedSFT], partners: Sequence[TokenizedSFT]) -> list[TokenizedSFT]:
+    """Example i's prompt followed by partners[i]'s completion (KTO's KL rows; collate with `collate_sft`)."""
+    return [TokenizedSFT(e.prompt_ids, p.response_ids) for e, p in zip(examples, partners, strict=True)]

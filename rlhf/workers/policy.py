@@ -1,10 +1,10 @@
-"""The policy trainer role: logprobs, PPO, SFT and DPO steps, and publishing its weights to the rollout engines.
+"""The policy trainer role: logprobs, PPO, SFT, DPO and KTO steps, and publishing its weights to the rollout engines.
 
 PPO batches follow `rlhf.data.padding`: input_ids / attention_mask [B, P+R], response_mask [B, R].
 Their logprobs use rollout.temperature, the temperature the engines sampled with, so that old
 logprobs, the PPO ratio and the engines' sampling logprobs all describe the same distribution.
 
-SFT and DPO batches follow `rlhf.data.collate`: right-padded full sequences [B, T] with a
+SFT, DPO and KTO batches follow `rlhf.data.collate`: right-padded full sequences [B, T] with a
 loss_mask on the response tokens (DPO: chosen_* and rejected_* of each pair); their logprobs
 are at temperature 1, the model's own distribution.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.algorithms.dpo import dpo_loss, preference_logps
+from rlhf.algorithms.kto import kto_counts, kto_loss, kto_stats
 from rlhf.algorithms.logprobs import logprobs_from_logits, sequence_logprobs
 from rlhf.algorithms.loss_agg import agg_count, row_share
 from rlhf.algorithms.policy_loss import PolicyObjective
@@ -180,6 +181,31 @@ class PolicyTrainer(TrainerBase):
                 stats["nll_loss"] = nll.detach()
             stats["loss"] = loss.detach()
             return MicroBatchLoss(loss, stats)
+
+        return self._train_on(minibatch, count_fn, loss_fn)
+
+    def kto_step(self, minibatch: Batch, kl: float) -> dict[str, float]:
+        """One optimizer step of the KTO loss (algorithm.kto) on this rank's shard of unpaired examples.
+
+        minibatch: input_ids, attention_mask, loss_mask [B, T], desirable [B] (`rlhf.data.collate.collate_unpaired`)
+        and the reference's summed ref_logps [B]. ``kl`` is the step's reference point z_ref, computed by the
+        driver over the whole step's mismatched rows (`rlhf.algorithms.kto.kto_reference_point`), so it does not
+        depend on how the step is split. loss = sum of kto_loss over the step's examples / their number.
+        Returns TRL's names: loss, rewards/chosen, rewards/rejected, rewards/margins, logps/chosen,
+        logps/rejected (desirable examples are "chosen"), plus policy/grad_norm, policy/lr.
+        """
+        kto = self.cfg.algorithm.kto
+
+        def count_fn(mb):
+            return kto_counts(mb["desirable"])
+
+        def loss_fn(mb, counts):
+            logps = masked_sequence_logprobs(self.engine, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
+            losses, rewards = kto_loss(
+                logps, mb["ref_logps"].to(logps.dtype), mb["desirable"], kl, beta=kto.beta,
+                desirable_weight=kto.desirable_weight, undesirable_weight=kto.undesirable_weight,
+            )
+            return MicroBatchLoss(row_share(losses, counts["rows"]), kto_stats(losses, rewards, logps, mb["desirable"], counts))
 
         return self._train_on(minibatch, count_fn, loss_fn)
 

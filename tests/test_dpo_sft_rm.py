@@ -28,7 +28,8 @@ DPO_STEP_METRICS = [
     "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
     "logps/rejected", "time/step", "throughput/pairs_per_s", "policy/grad_norm", "policy/lr", "epoch",
 ]
-DATA = {"sft": ("sft_train", "sft_eval"), "dpo": ("pref_train", "pref_eval"), "rm": ("pref_train", "pref_eval")}
+DATA = {"sft": ("sft_train", "sft_eval"), "dpo": ("pref_train", "pref_eval"), "rm": ("pref_train", "pref_eval"),
+        "kto": ("pref_train", "pref_eval")}
 
 
 def tiny_config(algo: str, assets: str, out: Path | None, *extra: str, load=resolve_config):

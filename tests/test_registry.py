@@ -42,11 +42,13 @@ def test_no_reference_without_a_kl_term_or_metric():
 
 def test_offline_roles():
     base = {"model": {"policy": "p"}, "data": {"train": "t"}, "trainer": {"micro_batch_size": 4, "train_batch_size": 8}}
-    roles = {name: active_roles(RLHFConfig.model_validate({**base, "algorithm": {"name": name}})) for name in ("dpo", "sft", "rm")}
-    # DPO precomputes against the initial policy by default: the policy scores the pairs, no reference actor.
-    assert roles == {"dpo": ["policy"], "sft": ["policy"], "rm": ["policy"]}
-    live = {**base, "algorithm": {"name": "dpo", "dpo": {"precompute_ref_logprobs": False}}}
-    assert active_roles(RLHFConfig.model_validate(live)) == ["policy", "reference"]
+    names = ("dpo", "kto", "sft", "rm")
+    roles = {name: active_roles(RLHFConfig.model_validate({**base, "algorithm": {"name": name}})) for name in names}
+    # DPO and KTO precompute against the initial policy by default: the policy scores the pairs, no reference actor.
+    assert roles == {"dpo": ["policy"], "kto": ["policy"], "sft": ["policy"], "rm": ["policy"]}
+    for name in ("dpo", "kto"):
+        live = {**base, "algorithm": {"name": name, name: {"precompute_ref_logprobs": False}}}
+        assert active_roles(RLHFConfig.model_validate(live)) == ["policy", "reference"], name
     other_reference = {**base, "model": {"policy": "p", "reference": "r"}, "algorithm": {"name": "dpo"}}
     assert active_roles(RLHFConfig.model_validate(other_reference)) == ["policy", "reference"]
 

@@ -1,8 +1,8 @@
 """One optimizer step gives the same update however its batch is split (issue 9), on every tiny model
 family: the whole batch in one
 micro-batch on one actor, micro-batches of 1 on one actor, and micro-batches of 1 on 2 data-parallel
-DeepSpeed ranks (gloo), for the PPO policy (every policy-loss option on), the critic, SFT and DPO with
-an NLL term. The rows have unequal response lengths, so a loss averaged per micro-batch would differ.
+DeepSpeed ranks (gloo), for the PPO policy (every policy-loss option on), the critic, SFT, DPO with
+an NLL term and KTO (a fixed reference point, as the driver computes it for the whole step). The rows have unequal response lengths, so a loss averaged per micro-batch would differ.
 
 Each configuration's actors run the same sequence of steps (PPO, SFT, DPO for the policy; two value
 steps for the critic); after every step the metrics and the parameters must agree to 1e-5 (relative).
@@ -18,9 +18,9 @@ import ray.cloudpickle
 import torch
 
 from rlhf.config import RLHFConfig
-from rlhf.data.collate import collate_preference, collate_sft
+from rlhf.data.collate import collate_preference, collate_sft, collate_unpaired
 from rlhf.data.padding import build_sequence_batch
-from rlhf.data.tokenize import TokenizedPreference, TokenizedSFT
+from rlhf.data.tokenize import TokenizedPreference, TokenizedSFT, TokenizedUnpaired
 from rlhf.models.forward import response_logprobs
 from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.workers.critic import CriticTrainer
@@ -94,7 +94,10 @@ def batches(family_assets) -> dict[str, dict]:
     dpo = collate_preference([TokenizedPreference(p, c, r) for p, c, r in zip(prompts, responses, rejected)], tokenizer.pad_token_id)
     dpo["ref_chosen_logps"] = torch.tensor([-9.0, -30.0, -12.0, -35.0])
     dpo["ref_rejected_logps"] = torch.tensor([-8.0, -7.0, -25.0, -6.0])
-    return {"ppo_step": ppo, "sft_step": sft, "dpo_step": dpo, "value_step": ppo}
+    kto = collate_unpaired([TokenizedUnpaired(p, r, d) for p, r, d in zip(prompts, responses, [True, False, False, True])],
+                           tokenizer.pad_token_id)
+    kto["ref_logps"] = torch.tensor([-9.0, -30.0, -12.0, -35.0])
+    return {"ppo_step": ppo, "sft_step": sft, "dpo_step": dpo, "kto_step": kto, "value_step": ppo}
 
 
 def start_groups(actor_cls, role: str, assets, *args) -> dict[str, WorkerGroup]:
@@ -130,8 +133,8 @@ def relative_gap(x: torch.Tensor, reference: torch.Tensor) -> float:
     return float((x - reference).norm() / reference.norm())
 
 
-def assert_same_updates(groups: dict[str, WorkerGroup], steps: list[tuple[str, dict]]) -> list[dict]:
-    """Run the steps on every group; after each, the metrics, the gradients and the parameter update match
+def assert_same_updates(groups: dict[str, WorkerGroup], steps: list[tuple]) -> list[dict]:
+    """Run the steps, (method, batch[, keyword arguments]), on every group; after each, the metrics, the gradients and the parameter update match
     the first group's.
 
     Gradients are read as Adam's first moments, compared as whole vectors (||m - m_ref|| <= 1e-5 ||m_ref||).
@@ -141,8 +144,8 @@ def assert_same_updates(groups: dict[str, WorkerGroup], steps: list[tuple[str, d
     reference = next(iter(groups))
     before = {name: on_every_rank(group, flat_params) for name, group in groups.items()}
     history = []
-    for method, batch in steps:
-        pending = {name: group.scatter_async(method, batch) for name, group in groups.items()}
+    for method, batch, *kwargs in steps:
+        pending = {name: group.scatter_async(method, batch, **(kwargs[0] if kwargs else {})) for name, group in groups.items()}
         stats = {}
         for name, call in pending.items():
             per_rank = call.wait()
@@ -168,7 +171,8 @@ def assert_same_updates(groups: dict[str, WorkerGroup], steps: list[tuple[str, d
 def test_policy_update_does_not_depend_on_the_split(ray_session, family_assets, batches):
     groups = start_groups(PolicyTrainer, "policy", family_assets)
     try:
-        ppo, sft, dpo = assert_same_updates(groups, [(m, batches[m]) for m in ("ppo_step", "sft_step", "dpo_step")])
+        steps = [(m, batches[m]) for m in ("ppo_step", "sft_step", "dpo_step")] + [("kto_step", batches["kto_step"], {"kl": 0.3})]
+        ppo, sft, dpo, kto = assert_same_updates(groups, steps)
     finally:
         for group in groups.values():
             group.kill()
@@ -176,6 +180,7 @@ def test_policy_update_does_not_depend_on_the_split(ray_session, family_assets, 
     assert ppo["policy/clipfrac"] > 0 and ppo["policy/rollout_is_clipfrac"] > 0 and ppo["policy/kl_loss"] > 0
     assert ppo["policy/rollout_is_ratio_max"] > 1.2 and ppo["policy/grad_norm"] > 0
     assert sft["loss"] > 0 and dpo["nll_loss"] > 0 and dpo["policy/grad_norm"] > 0
+    assert kto["rewards/margins"] != 0 and kto["policy/grad_norm"] > 0
 
 
 def test_critic_update_does_not_depend_on_the_split(ray_session, family_assets, batches):

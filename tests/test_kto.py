@@ -37,10 +37,13 @@ def test_kto_separates_desirable_from_undesirable_on_held_out_data(ray_session, 
     assert driver.train_ref.shape == (640, 2) and driver.eval_ref.shape == (80, 2)
     assert set(json.loads((out / "placement.json").read_text())) == {"policy"}  # the initial policy precomputed them
     # Before the first update the policy is the reference: every implicit reward, and the KL estimate of the
-    # step's mismatched rows against their precomputed reference logprobs, is 0; each loss is 1 - sigmoid(0).
+    # step's mismatched rows against their precomputed reference logprobs, is 0; each loss is its label's
+    # weight times 1 - sigmoid(0), and the eval set has as many desirable examples as undesirable ones.
     assert history[1]["kl"] == pytest.approx(0.0, abs=1e-5)
     assert history[1]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
-    assert history[0]["eval/loss"] == pytest.approx(0.5, abs=1e-6) and history[0]["eval/kl"] == pytest.approx(0.0, abs=1e-5)
+    kto = driver.cfg.algorithm.kto
+    assert history[0]["eval/loss"] == pytest.approx((kto.desirable_weight + kto.undesirable_weight) / 2 * 0.5, abs=1e-6)
+    assert history[0]["eval/kl"] == pytest.approx(0.0, abs=1e-5)
     margins = evals(history, "eval/rewards/margins")
     assert [step for step, _ in margins] == [0, 5, 10]
     assert margins[-1][1] > 0.1, margins  # held out: desirable answers gained on undesirable ones

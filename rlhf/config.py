@@ -95,7 +95,7 @@ class DataConfig(Section):
     )
     score_attribute: Optional[str] = Field(
         None, description="Score that ranks responses: UltraFeedback 'overall_score' (default), 'fine-grained_score' or an "
-        "aspect; a HelpSteer attribute ('helpfulness', default)."
+        "aspect; a HelpSteer attribute ('helpfulness', default), also the target of algorithm.rm.objective=regression."
     )
     max_prompt_len: int = Field(256, ge=1, description="Prompt token limit.")
     max_response_len: int = Field(256, ge=1, description="Response token limit for SFT/DPO/RM data.")
@@ -190,7 +190,24 @@ class DPOConfig(Section):
 
 
 class RMConfig(Section):
+    objective: Literal["bradley_terry", "regression"] = Field(
+        "bradley_terry",
+        description="What the reward model learns: 'bradley_terry' ranks preference pairs (Ouyang et al. 2022); 'regression' "
+        "predicts a scored response's data.score_attribute with a squared error (HelpSteer rows; Wang et al. 2023).",
+    )
     margin: Optional[float] = Field(None, description="Fixed margin in the Bradley-Terry loss.")
+    normalize_targets: bool = Field(
+        False, description="Regression: learn (score - mean) / std with the training set's mean and std, so the model "
+        "scores in standard units (a zero-mean reward for PPO); loss and eval/loss are then in those units.",
+    )
+
+    @model_validator(mode="after")
+    def _objective_options(self) -> "RMConfig":
+        if self.objective == "regression" and self.margin is not None:
+            raise ValueError("algorithm.rm.margin: a Bradley-Terry option; the regression objective has no margin")
+        if self.objective == "bradley_terry" and self.normalize_targets:
+            raise ValueError("algorithm.rm.normalize_targets: a regression option; set algorithm.rm.objective=regression")
+        return self
 
 
 class AlgorithmConfig(Section):

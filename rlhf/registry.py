@@ -223,7 +223,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         _offline("dpo", "rlhf.drivers.dpo:DPODriver", "DPO and its variants on preference pairs (Rafailov et al. 2023)",
                  _dpo_roles, "dpo", _check_dpo_smoothing),
         _offline("sft", "rlhf.drivers.sft:SFTDriver", "Supervised fine-tuning on prompt/completion data", _policy_only, None),
-        _offline("rm", "rlhf.drivers.rm:RMDriver", "Bradley-Terry reward-model training on preference pairs (Ouyang et al. 2022)",
+        _offline("rm", "rlhf.drivers.rm:RMDriver", "Reward model: Bradley-Terry on pairs (Ouyang et al. 2022) or score regression (Wang et al. 2023)",
                  _policy_only, "rm", _check_rm_full_weights),
     )
 }

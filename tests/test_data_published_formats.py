@@ -188,10 +188,11 @@ def write_jsonl(path, rows):
 ALGORITHM = {"SFT": "sft", "preference": "dpo"}
 
 
-def dry_run(tmp_path, tiny_assets, capsys, data: dict, algorithm: str):
+def dry_run(tmp_path, tiny_assets, capsys, data: dict, algorithm: str, options: dict | None = None):
+    """``--dry-run`` of ``algorithm`` (``options``: more of its algorithm section) on ``data``: (exit code, stdout, stderr)."""
     from rlhf.run import main
 
-    config = {"model": {"policy": tiny_assets["policy"], "dtype": "float32"}, "algorithm": {"name": algorithm},
+    config = {"model": {"policy": tiny_assets["policy"], "dtype": "float32"}, "algorithm": {"name": algorithm, **(options or {})},
               "data": {"max_prompt_len": 64, "max_response_len": 16, **data}, "resources": {"device": "cpu"}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

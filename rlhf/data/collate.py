@@ -10,6 +10,8 @@
   ``attention_mask``, ``loss_mask``), right-padded to one shared length T, so that
   ``torch.cat([chosen_x, rejected_x])`` is the concatenated [2B, T] batch (chosen rows first)
   when the policy should see both in a single forward pass.
+- Scored (reward-model regression): the SFT tensors of prompt + response and ``targets`` [B], the
+  float32 scores.
 
 ``attention_mask`` is long (0/1), ``loss_mask`` float (0.0/1.0), ``input_ids`` long; padding
 uses ``pad_id`` (any valid id: the masks, not the ids, decide what counts).
@@ -22,7 +24,7 @@ from typing import Sequence
 import torch
 
 from rlhf.data.padding import pad_sequences
-from rlhf.data.tokenize import TokenizedPreference, TokenizedPrompt, TokenizedSFT
+from rlhf.data.tokenize import TokenizedPreference, TokenizedPrompt, TokenizedScored, TokenizedSFT
 
 
 def collate_prompts(examples: Sequence[TokenizedPrompt], pad_id: int) -> dict:
@@ -50,6 +52,11 @@ def collate_sft(examples: Sequence[TokenizedSFT], pad_id: int) -> dict[str, torc
     length = max(len(s) for s in sequences)
     input_ids, attention_mask, loss_mask = _right_padded(sequences, [e.loss_mask for e in examples], pad_id, length)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+def collate_scored(examples: Sequence[TokenizedScored], pad_id: int) -> dict[str, torch.Tensor]:
+    """`collate_sft`'s {input_ids, attention_mask, loss_mask} [B, T] and targets [B] (float32)."""
+    return {**collate_sft(examples, pad_id), "targets": torch.tensor([e.score for e in examples], dtype=torch.float32)}
 
 
 def collate_preference(examples: Sequence[TokenizedPreference], pad_id: int) -> dict[str, torch.Tensor]:

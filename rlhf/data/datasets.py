@@ -94,7 +94,8 @@ def _load(path, tokenizer, cfg: DataConfig, split: str, kind: str, tokenize: Cal
 
     The chosen ``data.chat_template`` is given to ``tokenizer`` (in place) first. A row may make
     several examples (an oasst tree's paths, ranked responses' pairs); with a grouped format
-    (HelpSteer pairs) consecutive rows sharing the group field make one unit. A unit's examples
+    (HelpSteer pairs, and the unpaired examples split from them) consecutive rows sharing the group
+    field make one unit. A unit's examples
     are kept or skipped together.
     """
     source = str(path)
@@ -141,7 +142,7 @@ def _load(path, tokenizer, cfg: DataConfig, split: str, kind: str, tokenize: Cal
         except DataError as e:
             reject(e, number, 1)
             continue
-        key = FORMATS[fmt].group_by if kind == "preference" else None
+        key = FORMATS[fmt].grouped_by(kind)
         if key is None:
             add(number, 1, row)
             continue

@@ -90,6 +90,12 @@ class Format:
             return self.unpaired is not None or self.preference is not None
         return getattr(self, kind.lower()) is not None
 
+    def grouped_by(self, kind: str) -> str | None:
+        """The field whose consecutive equal values make one unit of rows for ``kind`` examples: the pairs of
+        a grouped format, and the unpaired examples split from them, come from several rows."""
+        from_pairs = kind == "preference" or (kind == "unpaired" and self.unpaired is None)
+        return self.group_by if from_pairs else None
+
 
 def _is(key: str, kind: type) -> Callable[[dict], bool]:
     return lambda row: isinstance(row.get(key), kind)
@@ -177,7 +183,7 @@ def check_format(name: str, kind: str) -> Format:
 def examples(row: dict, name: str, kind: str, cfg: DataConfig) -> list:
     """The ``kind`` examples of one row of format ``name``.
 
-    ``kind == "preference"`` with a grouped format takes the group's rows as ``row`` (a list).
+    With a grouped format (`Format.grouped_by`) ``row`` is the group's rows (a list).
     """
     fmt = check_format(name, kind)
     if kind == "prompt":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -49,6 +49,15 @@ def dpo_batch(policy: PolicyTrainer, examples: list, pad_id: int) -> dict:
     return batch
 
 
+def kto_batch(policy: PolicyTrainer, examples: list, pad_id: int) -> dict:
+    """Unpaired examples with the reference's logprobs (the policy before this case's first step)."""
+    from rlhf.data.collate import collate_unpaired  # lands with branch kto
+
+    batch = collate_unpaired(examples, pad_id)
+    batch["ref_logps"] = policy.sequence_logprobs(batch)
+    return batch
+
+
 @dataclass(frozen=True)
 class Step:
     """One algorithm's optimizer step: the data kind it reads, its trainer and how a batch is made."""
@@ -58,6 +67,7 @@ class Step:
     loader: Callable
     batch: Callable  # (trainer, tokenized examples, pad id) -> the step's batch
     method: str  # the trainer's step
+    options: dict = field(default_factory=dict)  # its keyword arguments
 
 
 STEPS = {
@@ -66,7 +76,9 @@ STEPS = {
     "rm": Step("preference", "reward", load_preference_dataset, lambda _, ex, pad: collate_preference(ex, pad), "rm_step"),
     "rm_regression": Step("scored", "reward", load_scored_dataset, lambda _, ex, pad: collate_scored(ex, pad),
                           "regression_step"),
-    "kto": Step("unpaired", "policy", load_unpaired_dataset, None, "kto_step"),
+    # z_ref, KTO's reference point, is 0: the policy is the reference when the pairs are scored
+    "kto": Step("unpaired", "policy", load_unpaired_dataset, kto_batch if hasattr(PolicyTrainer, "kto_step") else None,
+                "kto_step", {"kl": 0.0}),
 }
 CASES = [(fmt, algorithm) for fmt, f in FORMATS.items() if fmt != "prompt"
          for algorithm, step in STEPS.items() if f.supports(step.kind)]
@@ -124,5 +136,5 @@ def test_published_format_trains(fmt, algorithm, trainers, tokenizer, tmp_path):
     trainer, start = trainers[step.trainer]
     trainer.load_checkpoint(start)
     batch = step.batch(trainer, (list(data) * BATCH)[:BATCH], tokenizer.pad_token_id)
-    first, second = (getattr(trainer, step.method)(batch)["loss"] for _ in range(2))
+    first, second = (getattr(trainer, step.method)(batch, **step.options)["loss"] for _ in range(2))
     assert math.isfinite(first) and second < first, (first, second)

@@ -6,12 +6,12 @@
 - SFT: right-padded ``input_ids``/``attention_mask``/``loss_mask`` [B, T]. ``loss_mask`` is 1
   on response tokens (EOS included) and is aligned with ``input_ids``, not shifted: with
   ``logits[:, t]`` predicting ``input_ids[:, t + 1]``, the loss uses ``loss_mask[:, 1:]``.
+- Scored (reward-model regression): the SFT tensors of prompt + response and ``targets`` [B], the
+  float32 scores.
 - Preference: separate ``chosen_*`` and ``rejected_*`` tensors (``input_ids``,
   ``attention_mask``, ``loss_mask``), right-padded to one shared length T, so that
   ``torch.cat([chosen_x, rejected_x])`` is the concatenated [2B, T] batch (chosen rows first)
   when the policy should see both in a single forward pass.
-- Scored (reward-model regression): the SFT tensors of prompt + response and ``targets`` [B], the
-  float32 scores.
 
 ``attention_mask`` is long (0/1), ``loss_mask`` float (0.0/1.0), ``input_ids`` long; padding
 uses ``pad_id`` (any valid id: the masks, not the ids, decide what counts).

@@ -8,8 +8,9 @@ existing reward model to train further. What `save_pretrained` writes is a plain
 `model.reward` of a PPO run (`RewardWorker`) or with `AutoModelForSequenceClassification`.
 
 Batches are preference batches (`rlhf.data.collate.collate_preference`) or scored batches
-(`rlhf.data.collate.collate_scored`); the score of a sequence is the head's output at its last real token (`rlhf.models.forward.sequence_scores`,
-the same pooling the reward role uses when it scores rollouts).
+(`rlhf.data.collate.collate_scored`); the score of a sequence is the head's output at its last
+real token (`rlhf.models.forward.sequence_scores`, the same pooling the reward role uses when it
+scores rollouts).
 """
 
 from __future__ import annotations

@@ -30,11 +30,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-Batch = dict[str, Any]
+from rlhf.data.batch_ops import Batch, index_batch
 
 
 def _right_extent(mask: torch.Tensor) -> torch.Tensor | None:
@@ -158,6 +157,11 @@ def trim_columns(layout: Layout, batch: Batch, extents: torch.Tensor) -> Batch:
     A part keeps at least one column, so a micro-batch of empty responses still has the shape the forward expects.
     """
     return layout.trim(batch, [max(int(w), 1) for w in extents.max(dim=0).values.tolist()])
+
+
+def cut_micro_batches(layout: Layout, batch: Batch, extents: torch.Tensor, rows: list[list[int]]) -> list[Batch]:
+    """One micro-batch per index list in ``rows``: those rows of ``batch``, trimmed to the columns they need."""
+    return [trim_columns(layout, index_batch(batch, r), extents[r]) for r in rows]
 
 
 def untrim_output(layout: Layout, output: torch.Tensor, batch: Batch) -> torch.Tensor:

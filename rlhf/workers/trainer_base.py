@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from rlhf.config import RLHFConfig
-from rlhf.data.batch_layouts import UNTRIMMED, Layout, find_layout, trim_columns, untrim_output
-from rlhf.data.batch_ops import Batch, batch_size, index_batch, split_batch
+from rlhf.data.batch_layouts import UNTRIMMED, Layout, cut_micro_batches, find_layout, untrim_output
+from rlhf.data.batch_ops import Batch, batch_size, split_batch
 from rlhf.data.micro_batches import pack_by_tokens, restore_order, split_to_count
 from rlhf.models.loading import device_for, load_tokenizer
 from rlhf.models.saving import save_hf
@@ -225,8 +225,9 @@ class TrainerBase(RoleWorker):
         trainer = self.cfg.trainer
         n = batch_size(batch)
         if trainer.micro_batch_tokens is None or not n:
-            rows = [list(range(start, min(start + trainer.micro_batch_size, n))) for start in range(0, n, trainer.micro_batch_size)]
-            return split_batch(batch, trainer.micro_batch_size) if n else [], rows, UNTRIMMED
+            size = trainer.micro_batch_size
+            rows = [list(range(start, min(start + size, n))) for start in range(0, n, size)]
+            return split_batch(batch, size) if n else [], rows, UNTRIMMED
         layout, extents = find_layout(batch)
         lengths = extents.tolist()
         per_row = layout.sequences_per_row
@@ -234,8 +235,7 @@ class TrainerBase(RoleWorker):
         if same_count_on_every_rank and self.world_size > 1:
             count = int(self._reduce_across_ranks({"micro_batches": len(rows)}, "max")["micro_batches"])
             rows = split_to_count(rows, lengths, count, per_row)
-        micro = [trim_columns(layout, index_batch(batch, r), extents[r]) for r in rows]
-        return micro, rows, layout
+        return cut_micro_batches(layout, batch, extents, rows), rows, layout
 
     # -- one optimizer step ------------------------------------------------------------------------
     def _train_on(self, minibatch: Batch, count_fn: CountFn, loss_fn: LossFn) -> dict[str, float]:

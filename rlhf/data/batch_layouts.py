@@ -1,14 +1,14 @@
 """The padding layouts of trainer batches: each row's real length per padded part, and cutting a micro-batch
 down to the columns its rows need.
 
-| layout    | keys                                       | padded parts                                 | seqs/row |
-|-----------|--------------------------------------------|----------------------------------------------|----------|
-| rollout   | input_ids, attention_mask [B, P+R],        | prompt (left-padded to P), response          | 1        |
-|           | response_mask [B, R] (`padding.py`)        | (right-padded to R)                          |          |
-| pairs     | chosen_/rejected_ input_ids, attention_mask | one shared right-padded width T             | 2        |
-|           | [B, T] (`collate.collate_preference`)      |                                              |          |
-| sequences | input_ids, attention_mask [B, T]           | one right-padded width T                     | 1        |
-|           | (`collate.collate_sft`)                    |                                              |          |
+| layout    | keys                                          | padded parts                     | seqs/row |
+|-----------|-----------------------------------------------|----------------------------------|----------|
+| rollout   | input_ids, attention_mask [B, P+R],           | prompt (left-padded to P),       | 1        |
+|           | response_mask [B, R] (`padding.py`)           | response (right-padded to R)     |          |
+| pairs     | chosen_/rejected_ input_ids, attention_mask   | one shared right-padded width T  | 2        |
+|           | [B, T] (`collate.collate_preference`)         |                                  |          |
+| sequences | input_ids, attention_mask [B, T]              | one right-padded width T         | 1        |
+|           | (`collate.collate_sft`)                       |                                  |          |
 
 A batch's keys name its layout (the first row of the table whose keys it has), and its attention
 masks must be exactly that padding (each part's real tokens contiguous against the part's inner

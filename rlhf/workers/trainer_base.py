@@ -188,7 +188,10 @@ class TrainerBase(RoleWorker):
     # -- forward passes without gradients ---------------------------------------------------------
     @torch.no_grad()
     def _forward_no_grad(self, batch: Batch, fn: Callable[[nn.Module, Batch], torch.Tensor]) -> torch.Tensor:
-        """cat over micro-batches of fn(module, micro_batch), on the CPU in float32.
+        """fn(module, micro_batch) of every micro-batch, joined in the batch's row order, on the CPU in float32.
+
+        With trainer.micro_batch_tokens, per-token outputs of a trimmed rollout micro-batch are padded
+        back to the batch's R with zeros (`rlhf.data.batch_layouts.untrim_output`).
 
         Under ZeRO-3 every forward gathers parameters collectively, so every rank runs the same
         number of forwards: ranks with fewer micro-batches repeat one and drop the result.

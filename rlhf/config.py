@@ -189,6 +189,19 @@ class DPOConfig(Section):
     )
 
 
+class IterativeDPOConfig(Section):
+    """Iterative (online) DPO: each round samples algorithm.ppo.samples_per_prompt responses to rollout_batch_size
+    prompts, pairs each prompt's best and worst response by score, and trains on them with algorithm.dpo's loss in
+    optimizer steps of algorithm.ppo.mini_batch_size pairs, ppo_epochs passes (rlhf/drivers/iterative_dpo.py)."""
+
+    reference_update: Literal["never", "every_round"] = Field(
+        "never",
+        description="'never': the reference is frozen (model.reference, or the initial policy) and a reference actor "
+        "scores the pairs; 'every_round': the reference moves to the policy at the start of each round, so the policy "
+        "scores the pairs itself before the round's update and no reference actor starts.",
+    )
+
+
 class RMConfig(Section):
     margin: Optional[float] = Field(None, description="Fixed margin in the Bradley-Terry loss.")
 
@@ -200,6 +213,10 @@ class AlgorithmConfig(Section):
     )
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO hyperparameters.")
     rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model training hyperparameters.")
+    iterative_dpo: IterativeDPOConfig = Field(
+        default_factory=IterativeDPOConfig,
+        description="Iterative DPO's own options; its sampling comes from algorithm.ppo and its loss from algorithm.dpo.",
+    )
 
 
 class RolloutConfig(Section):

@@ -114,7 +114,9 @@ class PPOConfig(Section):
     rollout_batch_size: int = Field(64, ge=1, description="Prompts per step.")
     samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
-    mini_batch_size: int = Field(64, ge=1, description="Samples per optimizer step (across all data-parallel actors).")
+    mini_batch_size: int = Field(
+        64, ge=1, description="Samples per optimizer step (across all data-parallel actors); iterative_dpo: pairs per step."
+    )
     clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip epsilon (symmetric: ratio clipped to [1-clip_eps, 1+clip_eps]).")
     # -- policy-gradient loss options (rlhf.algorithms.policy_loss), shared with the critic-free algorithms
     policy_loss_type: Literal["ppo", "gspo"] = Field(

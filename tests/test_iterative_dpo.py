@@ -163,3 +163,64 @@ def test_rounds_pair_train_and_sync_on_ray(ray_session, tiny_assets_dir, tmp_pat
     assert sorted(p.name for p in (out / "checkpoints" / "step_000003").iterdir()) == [
         "COMPLETE", "driver_state.json", "policy", "policy_hf"]
     assert "Iterative DPO finished: 3 steps" in (out / "summary.txt").read_text()
+
+
+def params_of(trainer) -> torch.Tensor:
+    """Inside an actor: every parameter, flattened, in name order."""
+    return torch.cat([p.detach().flatten().cpu() for _, p in sorted(trainer.module.named_parameters())])
+
+
+@pytest.mark.slow
+def test_masked_pair_slots_train_exactly_like_the_real_pairs_alone(ray_session, tiny_assets):
+    """dpo_step on 4 slots of which 2 are masked (one per micro-batch) = dpo_step on the 2 real pairs alone:
+    the same loss, metrics (RPO's NLL term included) and updated weights."""
+    import ray
+
+    from rlhf.data.batch_ops import index_batch
+    from rlhf.data.collate import collate_preference
+    from rlhf.data.tokenize import TokenizedPreference
+    from rlhf.models.loading import load_tokenizer
+    from rlhf.workers.group import WorkerGroup
+    from rlhf.workers.policy import PolicyTrainer
+
+    tok = load_tokenizer(tiny_assets["policy"])
+
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    examples = [TokenizedPreference(ids(p), ids(c) + [tok.eos_token_id], ids(r) + [tok.eos_token_id])
+                for p, c, r in (("3+4=", "7", "71"), ("1+1=", "2 or 3", "5"), ("9+8=", "17", "seventy"), ("0+5=", "5", "6"))]
+    slots = collate_preference(examples, tok.pad_token_id)
+    slots["ref_chosen_logps"] = torch.tensor([-9.0, -30.0, -12.0, -35.0])
+    slots["ref_rejected_logps"] = torch.tensor([-8.0, -7.0, -25.0, -6.0])
+    real = index_batch(slots, [0, 2])
+    slots["pair_mask"] = torch.tensor([1.0, 0.0, 1.0, 0.0])
+
+    def group(pairs_per_step: int) -> WorkerGroup:
+        cfg = RLHFConfig.model_validate({
+            "model": {"policy": tiny_assets["policy"], "reward_fn": "rlhf.tasks.arithmetic:score", "dtype": "float32"},
+            "data": {"train": tiny_assets["prompts_train"]},
+            "algorithm": {"name": "iterative_dpo", "dpo": {"beta": 0.5, "nll_coef": 0.5},
+                          "ppo": {"rollout_batch_size": pairs_per_step, "mini_batch_size": pairs_per_step, "samples_per_prompt": 2},
+                          "iterative_dpo": {"reference_update": "every_round"}},
+            "trainer": {"micro_batch_size": 2, "learning_rate": 1e-3, "seed": 3},
+        })
+        g = WorkerGroup(PolicyTrainer, "policy", 1, {"num_cpus": 0.5}, init_args=(cfg,), call_timeout_s=300)
+        g.setup_distributed()
+        return g
+
+    masked, alone = group(4), group(2)  # 2 micro-batches of 2 slots, each with one real pair; 1 micro-batch of 2 pairs
+    try:
+        before = ray.get(alone.actors[0].__ray_call__.remote(params_of))
+        stats_masked, stats_alone = masked.scatter("dpo_step", slots)[0], alone.scatter("dpo_step", real)[0]
+        params_masked, params_alone = (ray.get(g.actors[0].__ray_call__.remote(params_of)) for g in (masked, alone))
+    finally:
+        masked.kill()
+        alone.kill()
+    assert stats_masked.keys() == stats_alone.keys()
+    for key, value in stats_alone.items():
+        assert stats_masked[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert stats_alone["nll_loss"] > 0 and stats_alone["policy/grad_norm"] > 0
+    update_masked, update_alone = params_masked - before, params_alone - before
+    # 1e-4 as in test_split_invariance: Adam magnifies float32 summation-order noise where a gradient is ~0
+    assert float((update_masked - update_alone).norm() / update_alone.norm()) < 1e-4

@@ -174,7 +174,10 @@ def params_of(trainer) -> torch.Tensor:
 def test_masked_pair_slots_train_exactly_like_the_real_pairs_alone(ray_session, tiny_assets):
     """dpo_step on 4 slots of which 2 are masked (one per micro-batch) = dpo_step on the 2 real pairs alone:
     the same loss, metrics (RPO's NLL term included) and updated weights."""
+    import sys
+
     import ray
+    import ray.cloudpickle
 
     from rlhf.data.batch_ops import index_batch
     from rlhf.data.collate import collate_preference
@@ -183,6 +186,7 @@ def test_masked_pair_slots_train_exactly_like_the_real_pairs_alone(ray_session, 
     from rlhf.workers.group import WorkerGroup
     from rlhf.workers.policy import PolicyTrainer
 
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # params_of runs inside the actors
     tok = load_tokenizer(tiny_assets["policy"])
 
     def ids(text):

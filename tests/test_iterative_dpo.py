@@ -126,7 +126,7 @@ def test_tiny_config_loads_and_dry_runs(tiny_assets_dir, capsys):
     cfg = load_config(TINY, [f"tiny_assets={tiny_assets_dir}", f"model.policy={tiny_assets_dir}/policy",
                              f"data.train={tiny_assets_dir}/data/prompts_train.jsonl",
                              f"data.eval={tiny_assets_dir}/data/prompts_eval.jsonl"])
-    assert cfg.algorithm.name == "iterative_dpo" and active_roles(cfg) == ["policy", "reward", "rollout"]
+    assert cfg.algorithm.name == "iterative_dpo" and active_roles(cfg) == ["policy", "reference", "reward", "rollout"]
     dry_run(cfg)
     assert "dry run OK: algorithm iterative_dpo" in capsys.readouterr().out
 
@@ -142,12 +142,13 @@ def test_rounds_pair_train_and_sync_on_ray(ray_session, tiny_assets_dir, tmp_pat
     from rlhf.run import resolve_config, run
 
     out = tmp_path / "itdpo"
-    # A frozen reference actor (the path every_round does not take), 3 rounds, the eval after the last.
+    # The reference moved every round (the tiny config's frozen reference actor is the other path), 3 rounds,
+    # the eval after the last.
     run(resolve_config(TINY, tiny_overrides(tiny_assets_dir, out, "algorithm.ppo.num_steps=3", "algorithm.ppo.eval_interval=3",
-                                            "algorithm.iterative_dpo.reference_update=never", "checkpoint.interval=0")))
+                                            "algorithm.iterative_dpo.reference_update=every_round", "checkpoint.interval=0")))
     history = read_metrics(out / "metrics.jsonl")
     assert [row["step"] for row in history] == [1, 2, 3]
-    assert set(json.loads((out / "placement.json").read_text())) == {"policy", "reference", "reward", "rollout"}
+    assert set(json.loads((out / "placement.json").read_text())) == {"policy", "reward", "rollout"}
     for row in history:
         assert 0 < row["pairs/count"] <= 16 and row["pairs/score_margin"] > 0
         assert 1 <= row["policy/optimizer_steps"] <= 4  # 2 epochs x 2 steps of 8 pair slots
@@ -157,7 +158,7 @@ def test_rounds_pair_train_and_sync_on_ray(ray_session, tiny_assets_dir, tmp_pat
     # The engine samples with the weights the trainer just published: versions advance and the logprobs agree.
     assert [row["sync/version"] for row in history] == [1, 2, 3]
     assert max(row["rollout/logprob_diff_max"] for row in history) < 1e-3
-    # Round 1 starts at the reference (rewards 0 before its first step); later rounds have moved away from it.
+    # Each round starts at its reference (rewards 0 in its first step); its later steps move away from it.
     assert abs(history[2]["rewards/chosen"]) + abs(history[2]["rewards/rejected"]) > 0
     assert "eval/reward/mean" in history[-1]
     assert sorted(p.name for p in (out / "checkpoints" / "step_000003").iterdir()) == [

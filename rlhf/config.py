@@ -295,6 +295,14 @@ class TrainerConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup in optimizer steps.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     micro_batch_size: int = Field(4, ge=1, description="Samples per forward/backward on each actor.")
+    micro_batch_tokens: Optional[int] = Field(
+        None, ge=1,
+        description="Token budget per forward/backward on each actor (null = fixed micro_batch_size rows). When set, a "
+        "trainer's rows are grouped by length into micro-batches whose padded size (rows x sequences per row, 2 for "
+        "preference pairs, x the widest row once the columns no row needs are trimmed) stays within it; a longer row goes "
+        "alone. micro_batch_size is then the most rows in one micro-batch (it still sets the samples per step each actor "
+        "must get). The update is the same either way: losses are normalised over the whole step (loss_agg_mode).",
+    )
     loss_agg_mode: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = Field(
         "token_mean",
         description="How per-token losses (PPO policy/value/entropy, SFT, the DPO NLL term) are aggregated over the whole "

@@ -114,7 +114,9 @@ class PPOConfig(Section):
     rollout_batch_size: int = Field(64, ge=1, description="Prompts per step.")
     samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
-    mini_batch_size: int = Field(64, ge=1, description="Samples per optimizer step (across all data-parallel actors).")
+    mini_batch_size: int = Field(
+        64, ge=1, description="Samples per optimizer step (across all data-parallel actors); iterative_dpo: pairs per step."
+    )
     clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip epsilon (symmetric: ratio clipped to [1-clip_eps, 1+clip_eps]).")
     # -- policy-gradient loss options (rlhf.algorithms.policy_loss), shared with the critic-free algorithms
     policy_loss_type: Literal["ppo", "gspo"] = Field(
@@ -189,6 +191,19 @@ class DPOConfig(Section):
     )
 
 
+class IterativeDPOConfig(Section):
+    """Iterative (online) DPO: each round samples algorithm.ppo.samples_per_prompt responses to rollout_batch_size
+    prompts, pairs each prompt's best and worst response by score, and trains on them with algorithm.dpo's loss in
+    optimizer steps of algorithm.ppo.mini_batch_size pairs, ppo_epochs passes (rlhf/drivers/iterative_dpo.py)."""
+
+    reference_update: Literal["never", "every_round"] = Field(
+        "never",
+        description="'never': the reference is frozen (model.reference, or the initial policy) and a reference actor "
+        "scores the pairs; 'every_round': the reference moves to the policy at the start of each round, so the policy "
+        "scores the pairs itself before the round's update and no reference actor starts.",
+    )
+
+
 class RMConfig(Section):
     objective: Literal["bradley_terry", "regression"] = Field(
         "bradley_terry",
@@ -217,6 +232,10 @@ class AlgorithmConfig(Section):
     )
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO hyperparameters.")
     rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model training hyperparameters.")
+    iterative_dpo: IterativeDPOConfig = Field(
+        default_factory=IterativeDPOConfig,
+        description="Iterative DPO's own options; its sampling comes from algorithm.ppo and its loss from algorithm.dpo.",
+    )
 
 
 class RolloutConfig(Section):

@@ -11,7 +11,8 @@
 - Preference: separate ``chosen_*`` and ``rejected_*`` tensors (``input_ids``,
   ``attention_mask``, ``loss_mask``), right-padded to one shared length T, so that
   ``torch.cat([chosen_x, rejected_x])`` is the concatenated [2B, T] batch (chosen rows first)
-  when the policy should see both in a single forward pass.
+  when the policy should see both in a single forward pass. `rollout_pairs` builds the same
+  layout from rows of a rollout batch (iterative DPO), with the exact sampled token ids.
 
 ``attention_mask`` is long (0/1), ``loss_mask`` float (0.0/1.0), ``input_ids`` long; padding
 uses ``pad_id`` (any valid id: the masks, not the ids, decide what counts).
@@ -78,3 +79,28 @@ def pairs_as_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A preference batch as one [2B, T] batch of rows {input_ids, attention_mask, loss_mask}: the B
     chosen rows first, then the B rejected rows (pair i is rows i and B + i)."""
     return {key: torch.cat([batch[f"chosen_{key}"], batch[f"rejected_{key}"]]) for key in ("input_ids", "attention_mask", "loss_mask")}
+
+
+def rollout_pairs(batch: dict, chosen: torch.Tensor, rejected: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
+    """`collate_preference`'s layout from a rollout batch (`padding.py`: input_ids/attention_mask [N, P+R], prompt
+    left-padded, response right-padded; response_mask [N, R]): pair i is row chosen[i] against row rejected[i].
+
+    Each sequence is its row's exact token ids, never re-tokenized text: the prompt tokens its attention_mask marks,
+    then the response tokens its response_mask marks (EOS included when sampled); loss_mask 1 on the response.
+    Both rows of a pair must hold the same prompt.
+    """
+    width = batch["response_mask"].shape[1]
+    prompt_width = batch["input_ids"].shape[1] - width
+
+    def prompt(row: int) -> list[int]:
+        return batch["input_ids"][row, :prompt_width][batch["attention_mask"][row, :prompt_width].bool()].tolist()
+
+    def response(row: int) -> list[int]:
+        return batch["input_ids"][row, prompt_width:][batch["response_mask"][row].bool()].tolist()
+
+    examples = []
+    for c, r in zip(chosen.tolist(), rejected.tolist()):
+        if prompt(c) != prompt(r):
+            raise ValueError(f"rollout_pairs: rows {c} and {r} answer different prompts")
+        examples.append(TokenizedPreference(prompt_ids=prompt(c), chosen_ids=response(c), rejected_ids=response(r)))
+    return collate_preference(examples, pad_id)

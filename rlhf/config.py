@@ -95,7 +95,7 @@ class DataConfig(Section):
     )
     score_attribute: Optional[str] = Field(
         None, description="Score that ranks responses: UltraFeedback 'overall_score' (default), 'fine-grained_score' or an "
-        "aspect; a HelpSteer attribute ('helpfulness', default)."
+        "aspect; a HelpSteer attribute ('helpfulness', default), also the target of algorithm.rm.objective=regression."
     )
     max_prompt_len: int = Field(256, ge=1, description="Prompt token limit.")
     max_response_len: int = Field(256, ge=1, description="Response token limit for SFT/DPO/RM data.")
@@ -114,7 +114,9 @@ class PPOConfig(Section):
     rollout_batch_size: int = Field(64, ge=1, description="Prompts per step.")
     samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
-    mini_batch_size: int = Field(64, ge=1, description="Samples per optimizer step (across all data-parallel actors).")
+    mini_batch_size: int = Field(
+        64, ge=1, description="Samples per optimizer step (across all data-parallel actors); iterative_dpo: pairs per step."
+    )
     clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip epsilon (symmetric: ratio clipped to [1-clip_eps, 1+clip_eps]).")
     # -- policy-gradient loss options (rlhf.algorithms.policy_loss), shared with the critic-free algorithms
     policy_loss_type: Literal["ppo", "gspo"] = Field(
@@ -203,8 +205,38 @@ class KTOConfig(Section):
     )
 
 
+class IterativeDPOConfig(Section):
+    """Iterative (online) DPO: each round samples algorithm.ppo.samples_per_prompt responses to rollout_batch_size
+    prompts, pairs each prompt's best and worst response by score, and trains on them with algorithm.dpo's loss in
+    optimizer steps of algorithm.ppo.mini_batch_size pairs, ppo_epochs passes (rlhf/drivers/iterative_dpo.py)."""
+
+    reference_update: Literal["never", "every_round"] = Field(
+        "never",
+        description="'never': the reference is frozen (model.reference, or the initial policy) and a reference actor "
+        "scores the pairs; 'every_round': the reference moves to the policy at the start of each round, so the policy "
+        "scores the pairs itself before the round's update and no reference actor starts.",
+    )
+
+
 class RMConfig(Section):
+    objective: Literal["bradley_terry", "regression"] = Field(
+        "bradley_terry",
+        description="What the reward model learns: 'bradley_terry' ranks preference pairs (Ouyang et al. 2022); 'regression' "
+        "predicts a scored response's data.score_attribute with a squared error (HelpSteer rows; Wang et al. 2023).",
+    )
     margin: Optional[float] = Field(None, description="Fixed margin in the Bradley-Terry loss.")
+    normalize_targets: bool = Field(
+        False, description="Regression: learn (score - mean) / std with the training set's mean and std, so the model "
+        "scores in standard units (a zero-mean reward for PPO); loss and eval/loss are then in those units.",
+    )
+
+    @model_validator(mode="after")
+    def _objective_options(self) -> "RMConfig":
+        if self.objective == "regression" and self.margin is not None:
+            raise ValueError("algorithm.rm.margin: a Bradley-Terry option; the regression objective has no margin")
+        if self.objective == "bradley_terry" and self.normalize_targets:
+            raise ValueError("algorithm.rm.normalize_targets: a regression option; set algorithm.rm.objective=regression")
+        return self
 
 
 class AlgorithmConfig(Section):
@@ -215,6 +247,10 @@ class AlgorithmConfig(Section):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO hyperparameters.")
     kto: KTOConfig = Field(default_factory=KTOConfig, description="KTO hyperparameters.")
     rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model training hyperparameters.")
+    iterative_dpo: IterativeDPOConfig = Field(
+        default_factory=IterativeDPOConfig,
+        description="Iterative DPO's own options; its sampling comes from algorithm.ppo and its loss from algorithm.dpo.",
+    )
 
 
 class RolloutConfig(Section):
@@ -291,6 +327,14 @@ class TrainerConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup in optimizer steps.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     micro_batch_size: int = Field(4, ge=1, description="Samples per forward/backward on each actor.")
+    micro_batch_tokens: Optional[int] = Field(
+        None, ge=1,
+        description="Token budget per forward/backward on each actor (null = fixed micro_batch_size rows). When set, a "
+        "trainer's rows are grouped by length into micro-batches whose padded size (rows x sequences per row, 2 for "
+        "preference pairs, x the widest row once the columns no row needs are trimmed) stays within it; a longer row goes "
+        "alone. micro_batch_size is then the most rows in one micro-batch (it still sets the samples per step each actor "
+        "must get). The update is the same either way: losses are normalised over the whole step (loss_agg_mode).",
+    )
     loss_agg_mode: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = Field(
         "token_mean",
         description="How per-token losses (PPO policy/value/entropy, SFT, the DPO NLL term) are aggregated over the whole "

@@ -11,6 +11,7 @@ which the command line reports as a data error (exit 2), as a real run would.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
@@ -26,8 +27,14 @@ from rlhf.data.datasets import (
 from rlhf.data.stop_tokens import stop_token_ids
 from rlhf.models.loading import load_tokenizer
 
-# The data each algorithm trains on; every other algorithm (PPO and the online ones) reads prompts.
-LOADERS = {"sft": load_sft_dataset, "dpo": load_preference_dataset, "rm": load_preference_dataset, "kto": load_unpaired_dataset}
+# The loader of the data each algorithm trains on, from its config (a reward model's follows its objective);
+# every other algorithm (PPO and the online ones) reads prompts.
+LOADERS: dict[str, Callable[[RLHFConfig], Callable[..., TokenizedDataset]]] = {
+    "sft": lambda cfg: load_sft_dataset,
+    "dpo": lambda cfg: load_preference_dataset,
+    "rm": lambda cfg: _rm_objective(cfg).loader,
+    "kto": lambda cfg: load_unpaired_dataset,
+}
 # Response fields of each tokenized example type (prompt datasets have none).
 _RESPONSES = ("response_ids", "chosen_ids", "rejected_ids")
 _UNLIMITED = 10**9
@@ -38,7 +45,7 @@ def dry_run(cfg: RLHFConfig, out: TextIO | None = None) -> None:
     """Load every configured split the way ``cfg``'s algorithm will and print the report (to stdout)."""
     out = out or sys.stdout
     tokenizer = load_tokenizer(cfg.model.policy)
-    loader = LOADERS.get(cfg.algorithm.name, load_prompt_dataset)
+    loader = LOADERS.get(cfg.algorithm.name, lambda _: load_prompt_dataset)(cfg)
     splits = [("train", cfg.data.train, cfg.data)]
     if cfg.data.eval:
         splits.append(("eval", cfg.data.eval, cfg.data.model_copy(update={"max_samples": None})))
@@ -52,6 +59,12 @@ def dry_run(cfg: RLHFConfig, out: TextIO | None = None) -> None:
     stops = stop_token_ids(tokenizer, cfg.model.policy, cfg.data.apply_chat_template)
     print(f"stop tokens: {', '.join(f'{i} {tokenizer.convert_ids_to_tokens(i)!r}' for i in stops)}", file=out)
     print(f"dry run OK: algorithm {cfg.algorithm.name}, chat template {cfg.data.chat_template!r}", file=out)
+
+
+def _rm_objective(cfg: RLHFConfig):
+    from rlhf.drivers.rm import OBJECTIVES  # imported here: the driver imports Ray
+
+    return OBJECTIVES[cfg.algorithm.rm.objective]
 
 
 def _report(data: TokenizedDataset, full: TokenizedDataset, data_cfg, tokenizer, out: TextIO) -> None:
@@ -96,4 +109,6 @@ def render_example(example, tokenizer) -> str:
         parts.append(f"{label}: {prompt}{MARK_OPEN}{response}{MARK_CLOSE}")
     if hasattr(example, "desirable"):
         parts[-1] += f"  (label: {'desirable' if example.desirable else 'undesirable'})"
+    if hasattr(example, "score"):
+        parts[-1] += f"  (score: {example.score:g})"
     return "\n".join(parts) if parts else f"prompt: {prompt}"

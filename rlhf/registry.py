@@ -4,7 +4,8 @@ An entry declares what the rest of the system asks about an algorithm:
 
 - ``roles(cfg)``: the roles started as separate actors (`drivers.cluster` plans only these);
 - ``section``: its hyperparameter section under ``algorithm`` (``algorithm.ppo`` for every online
-  algorithm, ``algorithm.dpo``, ``algorithm.kto``, ``algorithm.rm``; SFT has none);
+  algorithm, ``algorithm.dpo``, ``algorithm.kto``, ``algorithm.rm``, ``algorithm.iterative_dpo`` (which also reads
+  ``ppo`` and ``dpo``); SFT has none);
 - ``checks``: its cross-field config rules, run at load (`config._check_consistency`), each raising
   ``ValueError("key: reason")``;
 - ``driver``: the driver class that runs it, as ``"module:Class"`` (imported only by `run`), whose
@@ -213,6 +214,40 @@ def _offline(name: str, driver: str, description: str, roles, section: str | Non
     )
 
 
+# -- iterative (online) DPO: rollouts and a reward as online, pairs of each prompt's best and worst, the DPO loss --
+
+
+def _iterative_dpo_roles(cfg: RLHFConfig) -> list[str]:
+    """A reference actor only for a frozen reference that is not the LoRA policy's base model (every_round:
+    the policy scores the pairs itself before each round's update)."""
+    frozen = cfg.algorithm.iterative_dpo.reference_update == "never"
+    return ["policy", *(["reference"] if frozen and not cfg.model.reference_from_base else []), "reward", "rollout"]
+
+
+def _check_pair_minibatches(cfg: RLHFConfig) -> None:
+    """A round has one pair slot per prompt; mini_batch_size counts pairs (`drivers.iterative_dpo`)."""
+    ppo, micro, n = cfg.algorithm.ppo, cfg.trainer.micro_batch_size, cfg.resources.policy.num_actors
+    if ppo.rollout_batch_size % ppo.mini_batch_size:
+        raise ValueError(f"algorithm.ppo.mini_batch_size: iterative_dpo trains each round's rollout_batch_size="
+                         f"{ppo.rollout_batch_size} pairs in steps of mini_batch_size pairs; {ppo.mini_batch_size} does not divide it")
+    if ppo.mini_batch_size % (micro * n):
+        raise ValueError(f"algorithm.ppo.mini_batch_size: {ppo.mini_batch_size} pairs is not a multiple of "
+                         f"trainer.micro_batch_size*resources.policy.num_actors={micro * n}")
+
+
+def _check_moving_reference(cfg: RLHFConfig) -> None:
+    if cfg.algorithm.iterative_dpo.reference_update == "every_round":
+        for key in ("reference", "reference_from_base"):
+            if getattr(cfg.model, key):
+                raise ValueError(f"model.{key}: algorithm.iterative_dpo.reference_update=every_round makes the policy "
+                                 f"of each round's start the reference; unset model.{key} or use reference_update=never")
+
+
+def _iterative_dpo_optimizer_steps(cfg: RLHFConfig) -> int:
+    ppo = cfg.algorithm.ppo
+    return ppo.num_steps * ppo.ppo_epochs * (ppo.rollout_batch_size // ppo.mini_batch_size)
+
+
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (
@@ -231,8 +266,20 @@ ALGORITHMS: dict[str, Algorithm] = {
         _offline("kto", "rlhf.drivers.kto:KTODriver",
                  "KTO: unpaired desirable/undesirable examples, prospect-theoretic loss (Ethayarajh et al. 2024)",
                  _reference_roles("kto"), "kto"),
+        Algorithm(
+            name="iterative_dpo",
+            description="Iterative (online) DPO: each round's best vs worst sampled response per prompt "
+                        "(Xiong et al. 2024; Guo et al. 2024)",
+            driver="rlhf.drivers.iterative_dpo:IterativeDPODriver",
+            roles=_iterative_dpo_roles,
+            section="iterative_dpo",
+            checks=(_check_reward, _check_groups, _check_dynamic_sampling, _check_pair_minibatches, _check_dpo_smoothing,
+                    _check_moving_reference),
+            samples_per_optimizer_step=_online_samples_per_step,  # mini_batch_size, counted in pairs
+            optimizer_steps=_iterative_dpo_optimizer_steps,
+        ),
         _offline("sft", "rlhf.drivers.sft:SFTDriver", "Supervised fine-tuning on prompt/completion data", _policy_only, None),
-        _offline("rm", "rlhf.drivers.rm:RMDriver", "Bradley-Terry reward-model training on preference pairs (Ouyang et al. 2022)",
+        _offline("rm", "rlhf.drivers.rm:RMDriver", "Reward model: Bradley-Terry on pairs (Ouyang et al. 2022) or score regression (Wang et al. 2023)",
                  _policy_only, "rm", _check_rm_full_weights),
     )
 }

@@ -38,19 +38,27 @@ def resolve_config(path: str, overrides: list[str]) -> RLHFConfig:
     return cfg
 
 
-def run(cfg: RLHFConfig) -> dict:
-    """Connect to (or start) Ray and run the configured algorithm's driver (its `rlhf.registry` entry)."""
+def run(cfg: RLHFConfig, started_at: float | None = None) -> dict:
+    """Connect to (or start) Ray and run the configured algorithm's driver (its `rlhf.registry` entry).
+
+    ``started_at``: where the start-up clock begins (`drivers.startup`; default: now).
+    """
     from rlhf.drivers.console import quiet_console
+    from rlhf.drivers.startup import StartupClock
 
+    clock = StartupClock(started_at)
     with quiet_console(cfg):
-        return _run(cfg)
+        return _run(cfg, clock)
 
 
-def _run(cfg: RLHFConfig) -> dict:
+def _run(cfg: RLHFConfig, clock) -> dict:
     from rlhf.drivers.cluster import connect_ray
 
     connect_ray(cfg)
-    return get_algorithm(cfg.algorithm.name).driver_class()(cfg).run()
+    clock.mark("ray")
+    driver = get_algorithm(cfg.algorithm.name).driver_class()(cfg)
+    clock.mark("data")
+    return driver.run(clock)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
             dry_run(cfg)
         else:
-            run(cfg)
+            from rlhf.drivers.startup import process_start_time
+
+            run(cfg, started_at=process_start_time())
     except ConfigError as err:  # found once the roles exist, e.g. a debug.fail_at method no role has
         print(f"config error: {args.config}: {err}", file=sys.stderr)
         return 2

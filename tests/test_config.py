@@ -49,6 +49,7 @@ def test_loads_with_defaults_and_overrides(tmp_path, base):
         ("algorithm.name=gpro", "algorithm.name: Input should be 'ppo', 'grpo', 'dr_grpo', 'rloo', "),
         ("algorithm.ppo.mini_batch_size=5", "rollout_batch_size*samples_per_prompt=16 is not a multiple of mini_batch_size=5"),
         ("trainer.micro_batch_size=3", "algorithm.ppo.mini_batch_size: 8 is not a multiple of trainer.micro_batch_size*resources.policy.num_actors=3"),
+        ("trainer.micro_batch_tokens=0", "trainer.micro_batch_tokens: Input should be greater than or equal to 1"),
         ("model.reward_fn=notamodule", "model.reward_fn: expected 'module:function'"),
         ("resources.colocate=[[policy, refrence]]", "unknown role 'refrence' (did you mean 'reference'?)"),
     ],

@@ -90,6 +90,12 @@ PUBLISHED = {
     "unpaired": ("unpaired", {  # TRL unpaired preference (KTO)
         "prompt": "What is 3+4?", "completion": "8", "label": False,
     }, [UnpairedExample(Q, "8", False)]),
+    "prompt_completion": ("SFT", {  # TRL's standard prompt-completion type
+        "prompt": "What is 3+4?", "completion": "7",
+    }, [SFTExample(Q, "7")]),
+    "prompt_chosen_rejected": ("preference", {  # TRL's standard preference type (explicit prompt)
+        "prompt": "What is 3+4?", "chosen": "7", "rejected": "8",
+    }, [PreferenceExample(Q, "7", "8")]),
 }
 HELPSTEER_ROWS = [  # nvidia/HelpSteer2: the responses to one prompt are consecutive rows
     {"prompt": "What is 3+4?", "response": "8", "helpfulness": 1, "correctness": 0, "coherence": 4, "complexity": 0, "verbosity": 0},
@@ -105,7 +111,7 @@ def test_published_rows_are_detected_and_read(fmt):
 
 
 def test_every_format_has_a_published_row_and_a_config_name():
-    assert set(PUBLISHED) | {"helpsteer", "prompt", "prompt_completion", "prompt_chosen_rejected"} == set(FORMATS)
+    assert set(PUBLISHED) | {"helpsteer", "prompt"} == set(FORMATS)
     assert set(RLHFConfig.model_fields["data"].annotation.model_fields["format"].annotation.__args__) == {"auto", *FORMATS}
     assert set(CHAT_TEMPLATE_NAMES) == {"tokenizer", *CHAT_TEMPLATES}
 
@@ -142,6 +148,11 @@ def test_ranked_responses_as_objects_with_scores_make_all_pairs():
 def test_pairs_split_into_unpaired_examples():
     _, row, _ = PUBLISHED["orca_dpo_pairs"]
     assert examples(row, "orca_dpo_pairs", "unpaired", DataConfig()) == [UnpairedExample(Q, "7", True), UnpairedExample(Q, "8", False)]
+
+
+def test_helpsteer_pairs_split_into_unpaired_examples(tmp_path, tiny_tokenizer):
+    data = load_unpaired_dataset(write_jsonl(tmp_path / "h.jsonl", HELPSTEER_ROWS), tiny_tokenizer, DataConfig())
+    assert [(tiny_tokenizer.decode(e.response_ids), e.desirable) for e in data] == [("7</s>", True), ("8</s>", False)]
 
 
 def test_columns_map_our_names_to_the_files():
@@ -188,10 +199,11 @@ def write_jsonl(path, rows):
 ALGORITHM = {"SFT": "sft", "preference": "dpo"}
 
 
-def dry_run(tmp_path, tiny_assets, capsys, data: dict, algorithm: str):
+def dry_run(tmp_path, tiny_assets, capsys, data: dict, algorithm: str, options: dict | None = None):
+    """``--dry-run`` of ``algorithm`` (``options``: more of its algorithm section) on ``data``: (exit code, stdout, stderr)."""
     from rlhf.run import main
 
-    config = {"model": {"policy": tiny_assets["policy"], "dtype": "float32"}, "algorithm": {"name": algorithm},
+    config = {"model": {"policy": tiny_assets["policy"], "dtype": "float32"}, "algorithm": {"name": algorithm, **(options or {})},
               "data": {"max_prompt_len": 64, "max_response_len": 16, **data}, "resources": {"device": "cpu"}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -1,8 +1,14 @@
 """One optimizer step gives the same update however its batch is split (issue 9), on every tiny model
 family: the whole batch in one
-micro-batch on one actor, micro-batches of 1 on one actor, and micro-batches of 1 on 2 data-parallel
-DeepSpeed ranks (gloo), for the PPO policy (every policy-loss option on), the critic, SFT, DPO with
-an NLL term and KTO (a fixed reference point, as the driver computes it for the whole step). The rows have unequal response lengths, so a loss averaged per micro-batch would differ.
+micro-batch on one actor, micro-batches of 1 on one actor, micro-batches of 1 on 2 data-parallel
+DeepSpeed ranks (gloo), and token-budget micro-batches (trainer.micro_batch_tokens, issue 14) on 2 ranks,
+for the PPO policy (every policy-loss option on), the critic, SFT, DPO with an NLL term and KTO (a
+fixed reference point, as the driver computes it for the whole step). The rows have unequal response
+lengths, so a loss averaged per micro-batch would differ.
+The token budget is set so that in the PPO step rank 0 (the two short rows) needs one micro-batch and
+rank 1 (the two long rows) two, so rank 0 must split its own to match; every micro-batch is trimmed to
+its rows' columns. The scoring passes (policy logprobs, sequence logprobs, critic values) of the
+token-budget group also match the whole batch's, row for row.
 
 Each configuration's actors run the same sequence of steps (PPO, SFT, DPO for the policy; two value
 steps for the critic); after every step the metrics and the parameters must agree to 1e-5 (relative).
@@ -18,7 +24,9 @@ import ray.cloudpickle
 import torch
 
 from rlhf.config import RLHFConfig
-from rlhf.data.collate import collate_preference, collate_sft, collate_unpaired
+from rlhf.data.batch_layouts import find_layout
+from rlhf.data.collate import collate_preference, collate_sft, collate_unpaired, pairs_as_rows
+from rlhf.data.micro_batches import pack_by_tokens, padded_tokens
 from rlhf.data.padding import build_sequence_batch
 from rlhf.data.tokenize import TokenizedPreference, TokenizedSFT, TokenizedUnpaired
 from rlhf.models.forward import response_logprobs
@@ -28,18 +36,22 @@ from rlhf.workers.group import WorkerGroup
 from rlhf.workers.policy import PolicyTrainer
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-pytestmark = pytest.mark.slow  # starts 8 DeepSpeed actors (about 2 min on 2 cores)
+pytestmark = pytest.mark.slow  # starts 12 DeepSpeed actors (about 2 min on 2 cores)
 
 ROWS = 4
-# (actors, micro_batch_size): the reference first
-SPLITS = {"whole batch, 1 actor": (1, ROWS), "micro-batch 1, 1 actor": (1, 1), "micro-batch 1, 2 actors": (2, 1)}
+TOKEN_BUDGET = "token budget, 2 actors"
+# (actors, micro_batch_size): the reference first; the token-budget split caps micro-batches at 2 rows
+SPLITS = {
+    "whole batch, 1 actor": (1, ROWS), "micro-batch 1, 1 actor": (1, 1), "micro-batch 1, 2 actors": (2, 1),
+    TOKEN_BUDGET: (2, 2),
+}
 PROMPTS = ["3+4=", "1+1=", "9+8=", "0+5="]
 RESPONSES = ["7", "2 is the sum", "17, that is the answer", "five, I think, or maybe six"]  # unequal lengths in every family
 REJECTED = ["6", "3", "71 or so", "4"]
 TEMPERATURE = 0.7
 
 
-def make_config(assets, actors: int, micro: int) -> RLHFConfig:
+def make_config(assets, actors: int, micro: int, micro_tokens: int | None = None) -> RLHFConfig:
     return RLHFConfig.model_validate(
         {
             "model": {"policy": assets["policy"], "reward": assets["reward"], "critic": assets["critic"], "dtype": "float32"},
@@ -54,7 +66,7 @@ def make_config(assets, actors: int, micro: int) -> RLHFConfig:
             "rollout": {"temperature": TEMPERATURE},
             "resources": {"policy": {"num_actors": actors}, "critic": {"num_actors": actors}},
             "trainer": {
-                "micro_batch_size": micro, "train_batch_size": ROWS, "zero_stage": 2,
+                "micro_batch_size": micro, "micro_batch_tokens": micro_tokens, "train_batch_size": ROWS, "zero_stage": 2,
                 "learning_rate": 1e-5, "critic_learning_rate": 1e-5, "seed": 3,
             },
         }
@@ -100,10 +112,20 @@ def batches(family_assets) -> dict[str, dict]:
     return {"ppo_step": ppo, "sft_step": sft, "dpo_step": dpo, "kto_step": kto, "value_step": ppo}
 
 
-def start_groups(actor_cls, role: str, assets, *args) -> dict[str, WorkerGroup]:
+@pytest.fixture(scope="module")
+def token_budget(batches) -> int:
+    """The PPO batch's rows 0 and 1 (rank 0's shard) in one trimmed micro-batch; rows 2 and 3 (rank 1's) need two."""
+    _, extents = find_layout(batches["ppo_step"])
+    lengths = extents.tolist()
+    budget = padded_tokens([0, 1], lengths)
+    assert len(pack_by_tokens(lengths[:2], budget, 2)) == 1 and len(pack_by_tokens(lengths[2:], budget, 2)) == 2
+    return budget
+
+
+def start_groups(actor_cls, role: str, assets, budget: int, *args) -> dict[str, WorkerGroup]:
     groups = {}
     for name, (actors, micro) in SPLITS.items():
-        cfg = make_config(assets, actors, micro)
+        cfg = make_config(assets, actors, micro, budget if name == TOKEN_BUDGET else None)
         groups[name] = WorkerGroup(actor_cls, role, actors, {"num_cpus": 0.5}, init_args=(cfg, *args), call_timeout_s=300)
     for group in groups.values():
         group.setup_distributed()
@@ -168,9 +190,18 @@ def assert_same_updates(groups: dict[str, WorkerGroup], steps: list[tuple]) -> l
     return history
 
 
-def test_policy_update_does_not_depend_on_the_split(ray_session, family_assets, batches):
-    groups = start_groups(PolicyTrainer, "policy", family_assets)
+def assert_same_scores(groups: dict[str, WorkerGroup], method: str, batch: dict) -> None:
+    """The token-budget group's ``method`` outputs equal the whole batch's, in the original row order."""
+    whole = torch.cat(groups[next(iter(groups))].scatter(method, batch))
+    budgeted = torch.cat(groups[TOKEN_BUDGET].scatter(method, batch))
+    assert budgeted.shape == whole.shape and torch.allclose(budgeted, whole, rtol=1e-5, atol=1e-5), method
+
+
+def test_policy_update_does_not_depend_on_the_split(ray_session, family_assets, batches, token_budget):
+    groups = start_groups(PolicyTrainer, "policy", family_assets, token_budget)
     try:
+        assert_same_scores(groups, "logprobs", batches["ppo_step"])
+        assert_same_scores(groups, "sequence_logprobs", pairs_as_rows(batches["dpo_step"]))
         steps = [(m, batches[m]) for m in ("ppo_step", "sft_step", "dpo_step")] + [("kto_step", batches["kto_step"], {"kl": 0.3})]
         ppo, sft, dpo, kto = assert_same_updates(groups, steps)
     finally:
@@ -183,9 +214,10 @@ def test_policy_update_does_not_depend_on_the_split(ray_session, family_assets, 
     assert kto["rewards/margins"] != 0 and kto["policy/grad_norm"] > 0
 
 
-def test_critic_update_does_not_depend_on_the_split(ray_session, family_assets, batches):
-    groups = start_groups(CriticTrainer, "critic", family_assets, family_assets["critic"])
+def test_critic_update_does_not_depend_on_the_split(ray_session, family_assets, batches, token_budget):
+    groups = start_groups(CriticTrainer, "critic", family_assets, token_budget, family_assets["critic"])
     try:
+        assert_same_scores(groups, "values", batches["value_step"])
         history = assert_same_updates(groups, [("value_step", batches["value_step"])] * 2)
     finally:
         for group in groups.values():

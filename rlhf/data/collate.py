@@ -6,10 +6,13 @@
 - SFT: right-padded ``input_ids``/``attention_mask``/``loss_mask`` [B, T]. ``loss_mask`` is 1
   on response tokens (EOS included) and is aligned with ``input_ids``, not shifted: with
   ``logits[:, t]`` predicting ``input_ids[:, t + 1]``, the loss uses ``loss_mask[:, 1:]``.
+- Scored (reward-model regression): the SFT tensors of prompt + response and ``targets`` [B], the
+  float32 scores.
 - Preference: separate ``chosen_*`` and ``rejected_*`` tensors (``input_ids``,
   ``attention_mask``, ``loss_mask``), right-padded to one shared length T, so that
   ``torch.cat([chosen_x, rejected_x])`` is the concatenated [2B, T] batch (chosen rows first)
-  when the policy should see both in a single forward pass.
+  when the policy should see both in a single forward pass. `rollout_pairs` builds the same
+  layout from rows of a rollout batch (iterative DPO), with the exact sampled token ids.
 - Unpaired (KTO): the SFT tensors plus a bool ``desirable`` [B]; the mismatched (prompt,
   completion) rows that KTO's reference point is estimated from are SFT rows of
   `mismatched_examples`, paired by `kl_partners`.
@@ -26,7 +29,7 @@ from typing import Sequence
 import torch
 
 from rlhf.data.padding import pad_sequences
-from rlhf.data.tokenize import TokenizedPreference, TokenizedPrompt, TokenizedSFT, TokenizedUnpaired
+from rlhf.data.tokenize import TokenizedPreference, TokenizedPrompt, TokenizedScored, TokenizedSFT, TokenizedUnpaired
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,11 @@ def collate_sft(examples: Sequence[TokenizedSFT], pad_id: int) -> dict[str, torc
     return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
 
 
+def collate_scored(examples: Sequence[TokenizedScored], pad_id: int) -> dict[str, torch.Tensor]:
+    """`collate_sft`'s {input_ids, attention_mask, loss_mask} [B, T] and targets [B] (float32)."""
+    return {**collate_sft(examples, pad_id), "targets": torch.tensor([e.score for e in examples], dtype=torch.float32)}
+
+
 def collate_preference(examples: Sequence[TokenizedPreference], pad_id: int) -> dict[str, torch.Tensor]:
     """chosen_/rejected_ {input_ids, attention_mask, loss_mask}: each [B, T] with one shared T, right-padded."""
     chosen = [e.chosen_input_ids for e in examples]
@@ -80,6 +88,31 @@ def pairs_as_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A preference batch as one [2B, T] batch of rows {input_ids, attention_mask, loss_mask}: the B
     chosen rows first, then the B rejected rows (pair i is rows i and B + i)."""
     return {key: torch.cat([batch[f"chosen_{key}"], batch[f"rejected_{key}"]]) for key in ("input_ids", "attention_mask", "loss_mask")}
+
+
+def rollout_pairs(batch: dict, chosen: torch.Tensor, rejected: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
+    """`collate_preference`'s layout from a rollout batch (`padding.py`: input_ids/attention_mask [N, P+R], prompt
+    left-padded, response right-padded; response_mask [N, R]): pair i is row chosen[i] against row rejected[i].
+
+    Each sequence is its row's exact token ids, never re-tokenized text: the prompt tokens its attention_mask marks,
+    then the response tokens its response_mask marks (EOS included when sampled); loss_mask 1 on the response.
+    Both rows of a pair must hold the same prompt.
+    """
+    width = batch["response_mask"].shape[1]
+    prompt_width = batch["input_ids"].shape[1] - width
+
+    def prompt(row: int) -> list[int]:
+        return batch["input_ids"][row, :prompt_width][batch["attention_mask"][row, :prompt_width].bool()].tolist()
+
+    def response(row: int) -> list[int]:
+        return batch["input_ids"][row, prompt_width:][batch["response_mask"][row].bool()].tolist()
+
+    examples = []
+    for c, r in zip(chosen.tolist(), rejected.tolist()):
+        if prompt(c) != prompt(r):
+            raise ValueError(f"rollout_pairs: rows {c} and {r} answer different prompts")
+        examples.append(TokenizedPreference(prompt_ids=prompt(c), chosen_ids=response(c), rejected_ids=response(r)))
+    return collate_preference(examples, pad_id)
 
 
 def collate_unpaired(examples: Sequence[TokenizedUnpaired], pad_id: int) -> dict[str, torch.Tensor]:

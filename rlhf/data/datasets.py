@@ -1,4 +1,4 @@
-"""Loading tokenized prompt, SFT, preference and unpaired datasets, and the resumable epoch sampler.
+"""Loading tokenized prompt, SFT, preference, unpaired and scored datasets, and the resumable epoch sampler.
 
 A loader reads rows (`readers`), renames columns (``cfg.columns``), normalises them
 (`formats`), tokenizes them (`tokenize`) and returns a `TokenizedDataset`: a list of tokenized
@@ -26,7 +26,14 @@ from rlhf.data.errors import DataError
 from rlhf.data.formats import FORMATS, check_format, detect_format, examples, map_columns
 from rlhf.data.readers import read_rows
 from rlhf.data.templates import use_chat_template
-from rlhf.data.tokenize import check_tokenizer, tokenize_preference, tokenize_prompt, tokenize_sft, tokenize_unpaired
+from rlhf.data.tokenize import (
+    check_tokenizer,
+    tokenize_preference,
+    tokenize_prompt,
+    tokenize_scored,
+    tokenize_sft,
+    tokenize_unpaired,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +84,18 @@ def load_unpaired_dataset(path: str | os.PathLike, tokenizer, cfg: DataConfig, *
     return _load(path, tokenizer, cfg, split, "unpaired", tokenize_unpaired)
 
 
+def load_scored_dataset(path: str | os.PathLike, tokenizer, cfg: DataConfig, *, split: str = "train") -> TokenizedDataset:
+    """`TokenizedScored`s (reward-model regression) from rows of a scored format (HelpSteer)."""
+    return _load(path, tokenizer, cfg, split, "scored", tokenize_scored)
+
+
 def _load(path, tokenizer, cfg: DataConfig, split: str, kind: str, tokenize: Callable) -> TokenizedDataset:
     """Read, normalise and tokenize every row of ``path`` (see the module docstring).
 
     The chosen ``data.chat_template`` is given to ``tokenizer`` (in place) first. A row may make
     several examples (an oasst tree's paths, ranked responses' pairs); with a grouped format
-    (HelpSteer pairs) consecutive rows sharing the group field make one unit. A unit's examples
+    (HelpSteer pairs, and the unpaired examples split from them) consecutive rows sharing the group
+    field make one unit. A unit's examples
     are kept or skipped together.
     """
     source = str(path)
@@ -129,7 +142,7 @@ def _load(path, tokenizer, cfg: DataConfig, split: str, kind: str, tokenize: Cal
         except DataError as e:
             reject(e, number, 1)
             continue
-        key = FORMATS[fmt].group_by if kind == "preference" else None
+        key = FORMATS[fmt].grouped_by(kind)
         if key is None:
             add(number, 1, row)
             continue

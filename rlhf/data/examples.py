@@ -69,6 +69,15 @@ class UnpairedExample(_PlainPrompt):
     desirable: bool
 
 
+@dataclass(frozen=True)
+class ScoredExample(_PlainPrompt):
+    """A prompt, one response and its score (a reward model's regression target, e.g. HelpSteer's helpfulness)."""
+
+    prompt_messages: Messages
+    completion: str
+    score: float
+
+
 # ---- field readers ----------------------------------------------------------------------------
 
 def field(row: dict, name: str):

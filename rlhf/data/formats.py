@@ -3,8 +3,9 @@
 ``data.format: auto`` (the default) detects the format from the keys of the first usable row
 (after ``data.columns`` renamed the file's columns to ours) and then requires it of every row;
 ``data.format: NAME`` skips detection. The kinds: *prompt* (PPO and the other online
-algorithms; every format gives prompts), *SFT*, *preference* (DPO, reward models) and
-*unpaired* (KTO; a preference pair also splits into one desirable and one undesirable example).
+algorithms; every format gives prompts), *SFT*, *preference* (DPO, reward models), *unpaired*
+(KTO; a preference pair also splits into one desirable and one undesirable example) and *scored*
+(one response with a score: the target of ``algorithm.rm.objective: regression``).
 
 =======================  ============================================  ==========  ==========================================
 format                   keys of a row (``?`` optional)                kinds       published datasets of this shape
@@ -32,8 +33,9 @@ orca_dpo_pairs           ``system``, ``question``, ``chosen``,         preferenc
 ultrafeedback            ``instruction``, ``completions``: ``[{        preference  openbmb/UltraFeedback (raw)
                          response, overall_score, fine-grained_score,
                          annotations}]``
-helpsteer                ``prompt``, ``response``, ``helpfulness``,    SFT,        nvidia/HelpSteer, nvidia/HelpSteer2
+helpsteer                ``prompt``, ``response``, ``helpfulness``,    SFT         nvidia/HelpSteer, nvidia/HelpSteer2
                          correctness, coherence, complexity, verbosity preference
+                                                                       scored
 ranked                   ``prompt``, ``responses`` (+ ``ranks`` or     preference  InstructGPT-style ranked completions
                          ``scores``, or ``[{text, rank|score}]``)
 unpaired                 ``prompt``, ``completion``, ``label``: bool   unpaired    TRL unpaired preference (KTO) files
@@ -41,7 +43,8 @@ unpaired                 ``prompt``, ``completion``, ``label``: bool   unpaired 
 
 Pairs from scored responses (ultrafeedback, helpsteer, ranked) follow ``data.pairing``
 (`preference_formats.scored_pairs`: ``all`` K(K-1)/2 pairs, ``best_vs_rest``, ``best_vs_worst``)
-and rank by ``data.score_attribute``; HelpSteer pairs the consecutive rows of one prompt.
+and rank by ``data.score_attribute``; HelpSteer pairs the consecutive rows of one prompt. As
+scored examples a HelpSteer row's target is its ``data.score_attribute`` (default helpfulness).
 
 Detection: the formats whose keys the row has (and whose value shapes it matches: ``chosen``
 as turns or text, a ``prompt`` tree) and which can make the wanted kind are candidates, except
@@ -62,7 +65,7 @@ from rlhf.data import preference_formats as pref
 from rlhf.data.errors import DataError
 from rlhf.data.examples import Messages, PromptExample, UnpairedExample, plain_prompt
 
-KINDS = ("prompt", "SFT", "preference", "unpaired")
+KINDS = ("prompt", "SFT", "preference", "unpaired", "scored")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Format:
     sft: Callable | None = None
     preference: Callable | None = None
     unpaired: Callable | None = None
+    scored: Callable | None = None
     group_by: str | None = None  # preference pairs come from consecutive rows sharing this field
     fallback: bool = False  # a candidate only when no other format matches
 
@@ -85,6 +89,12 @@ class Format:
         if kind == "unpaired":
             return self.unpaired is not None or self.preference is not None
         return getattr(self, kind.lower()) is not None
+
+    def grouped_by(self, kind: str) -> str | None:
+        """The field whose consecutive equal values make one unit of rows for ``kind`` examples: the pairs of
+        a grouped format, and the unpaired examples split from them, come from several rows."""
+        from_pairs = kind == "preference" or (kind == "unpaired" and self.unpaired is None)
+        return self.group_by if from_pairs else None
 
 
 def _is(key: str, kind: type) -> Callable[[dict], bool]:
@@ -106,7 +116,7 @@ _FORMATS = [
     Format("orca_dpo_pairs", ("system", "question", "chosen", "rejected"), preference=pref.orca_dpo_pairs),
     Format("ultrafeedback", ("instruction", "completions"), _is("completions", list), preference=pref.ultrafeedback),
     Format("helpsteer", ("prompt", "response", "helpfulness"), sft=pref.helpsteer_sft, preference=pref.helpsteer_pairs,
-           group_by="prompt"),
+           scored=pref.helpsteer_scored, group_by="prompt"),
     Format("ranked", ("prompt", "responses"), lambda row: isinstance(row.get("responses"), list)
            and ("ranks" in row or "scores" in row or all(isinstance(r, dict) for r in row["responses"])),
            preference=pref.ranked),
@@ -173,7 +183,7 @@ def check_format(name: str, kind: str) -> Format:
 def examples(row: dict, name: str, kind: str, cfg: DataConfig) -> list:
     """The ``kind`` examples of one row of format ``name``.
 
-    ``kind == "preference"`` with a grouped format takes the group's rows as ``row`` (a list).
+    With a grouped format (`Format.grouped_by`) ``row`` is the group's rows (a list).
     """
     fmt = check_format(name, kind)
     if kind == "prompt":
@@ -186,7 +196,7 @@ def examples(row: dict, name: str, kind: str, cfg: DataConfig) -> list:
 
 
 def _first_example(fmt: Format, row: dict, cfg: DataConfig):
-    for kind in ("sft", "preference", "unpaired"):
+    for kind in ("sft", "preference", "unpaired", "scored"):
         adapter = getattr(fmt, kind)
         if adapter is not None and not (kind == "preference" and fmt.group_by):
             return adapter(row, cfg)[0]

@@ -13,6 +13,7 @@ from rlhf.data.errors import DataError
 from rlhf.data.examples import (
     Messages,
     PreferenceExample,
+    ScoredExample,
     SFTExample,
     UnpairedExample,
     field,
@@ -153,14 +154,25 @@ def helpsteer_sft(row: dict, cfg: DataConfig) -> list[SFTExample]:
     return [SFTExample(prompt_field(row), text(row, "response", "response"))]
 
 
-def helpsteer_pairs(rows: list[dict], cfg: DataConfig) -> list[PreferenceExample]:
-    """Consecutive rows with the same ``prompt`` (HelpSteer's layout), paired by ``data.score_attribute``
-    (default ``helpfulness``)."""
+def _helpsteer_attribute(cfg: DataConfig) -> str:
     attribute = cfg.score_attribute or "helpfulness"
     if attribute not in HELPSTEER_ATTRIBUTES:
         raise DataError(None, None, f"data.score_attribute {attribute!r} is not a HelpSteer attribute ({', '.join(HELPSTEER_ATTRIBUTES)})")
+    return attribute
+
+
+def helpsteer_pairs(rows: list[dict], cfg: DataConfig) -> list[PreferenceExample]:
+    """Consecutive rows with the same ``prompt`` (HelpSteer's layout), paired by ``data.score_attribute``
+    (default ``helpfulness``)."""
+    attribute = _helpsteer_attribute(cfg)
     scored = [(text(row, "response", "response"), _score(field(row, attribute), attribute)) for row in rows]
     return scored_pairs(prompt_field(rows[0]), scored, cfg.pairing)
+
+
+def helpsteer_scored(row: dict, cfg: DataConfig) -> list[ScoredExample]:
+    """One row as a regression target: the response scored by ``data.score_attribute`` (default ``helpfulness``)."""
+    attribute = _helpsteer_attribute(cfg)
+    return [ScoredExample(prompt_field(row), text(row, "response", "response"), _score(field(row, attribute), attribute))]
 
 
 def ranked(row: dict, cfg: DataConfig) -> list[PreferenceExample]:

@@ -54,7 +54,15 @@ from dataclasses import dataclass
 
 from rlhf.config import DataConfig
 from rlhf.data.errors import DataError
-from rlhf.data.examples import Messages, PreferenceExample, PromptExample, SFTExample, UnpairedExample, plain_prompt
+from rlhf.data.examples import (
+    Messages,
+    PreferenceExample,
+    PromptExample,
+    ScoredExample,
+    SFTExample,
+    UnpairedExample,
+    plain_prompt,
+)
 from rlhf.data.stop_tokens import end_of_turn_id, stop_token_ids
 
 
@@ -108,6 +116,13 @@ class TokenizedUnpaired(TokenizedSFT):
     desirable: bool
 
 
+@dataclass(frozen=True)
+class TokenizedScored(TokenizedSFT):
+    """A `TokenizedSFT` with the response's score (a reward model's regression target)."""
+
+    score: float
+
+
 def tokenize_prompt(example: PromptExample, tokenizer, cfg: DataConfig) -> TokenizedPrompt:
     """Prompt ids (templated with the generation prompt, or plain), truncated per ``cfg``."""
     messages, (_, ids) = _prompt(example.prompt_messages, tokenizer, cfg)
@@ -137,6 +152,12 @@ def tokenize_unpaired(example: UnpairedExample, tokenizer, cfg: DataConfig) -> T
     """Prompt and completion ids (as `tokenize_sft`) with the example's desirable/undesirable label."""
     sft = tokenize_sft(SFTExample(example.prompt_messages, example.completion), tokenizer, cfg)
     return TokenizedUnpaired(sft.prompt_ids, sft.response_ids, example.desirable)
+
+
+def tokenize_scored(example: ScoredExample, tokenizer, cfg: DataConfig) -> TokenizedScored:
+    """Prompt and response ids (as `tokenize_sft`) with the response's score."""
+    sft = tokenize_sft(SFTExample(example.prompt_messages, example.completion), tokenizer, cfg)
+    return TokenizedScored(sft.prompt_ids, sft.response_ids, example.score)
 
 
 def check_tokenizer(tokenizer, cfg: DataConfig) -> None:

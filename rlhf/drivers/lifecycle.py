@@ -37,6 +37,7 @@ from rlhf.drivers.cluster import Pool, actor_options, prepare_placement, release
 from rlhf.drivers.console import log_dir
 from rlhf.drivers.metrics import MetricsLogger
 from rlhf.drivers.preemption import Preempted, PreemptionGuard
+from rlhf.drivers.startup import StartupClock
 from rlhf.report import update_report
 from rlhf.workers.faults import FaultInjector
 from rlhf.workers.group import WorkerError, WorkerGroup
@@ -58,6 +59,7 @@ class Driver:
         self.step = 0
         self.pools: dict[str, Pool] = {}
         self.groups: dict[str, WorkerGroup] = {}
+        self.startup_line = ""  # where the start-up time went (`drivers.startup`), once the first step is done
         self.last_checkpoint: Path | None = None
         self.faults = FaultInjector(cfg.debug.fail_at)
         self.preemption = PreemptionGuard()
@@ -104,8 +106,10 @@ class Driver:
         return []
 
     # -- the lifecycle -------------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self, startup: StartupClock | None = None) -> dict:
+        """The whole run; ``startup`` times its start-up phases (a new clock from now when None)."""
         cfg = self.cfg
+        startup = startup or StartupClock()
         out = Path(cfg.logging.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
@@ -115,19 +119,28 @@ class Driver:
         try:
             self.start_roles()
             write_placement(list(self.groups.values()), out)
+            startup.mark("roles")
             self._maybe_resume()
             self.before_training()
             metrics = MetricsLogger(cfg, self.total_steps, self.step)
+            startup.mark("prepare")
             start = time.time()
             first_step = self.step
             if self.step == 0 and self.eval_at_start():
                 metrics.log(0, self._evaluate(), advance=False)
+                startup.mark("eval at start")
+            startup_s = startup.elapsed()
             while self.step < self.total_steps:
                 self.step += 1
                 self.faults.step = self.step
                 self.faults.driver_point("train_step")
                 try:
                     row = self.step_once()
+                    if self.step == first_step + 1:
+                        row["time/startup"] = startup_s
+                        startup.mark("first step")
+                        row["time/to_first_step"] = startup.elapsed()
+                        self.startup_line = startup.summary_line()
                     if self.eval_due():
                         row.update(self._evaluate())
                     metrics.log(self.step, row, self.progress_keys)
@@ -160,8 +173,10 @@ class Driver:
 
     def start_roles(self) -> None:
         self.groups = self.create_roles()
-        for role in self.trained:
-            self.groups[role].setup_distributed()
+        # The trained roles build their DeepSpeed engines side by side (the policy's and the critic's)
+        pending = [self.groups[role].setup_distributed_async() for role in self.trained]
+        for call in pending:
+            call.wait()
         for group in self.groups.values():
             group.wait_ready()
 
@@ -263,6 +278,8 @@ class Driver:
         times = [r["time/step"] for r in steps if "time/step" in r]
         if times:
             lines.append(f"time per step: {sum(times) / len(times):.2f}s")
+        if self.startup_line:
+            lines.append(self.startup_line)
         lines += [f"metrics:    {out / 'metrics.jsonl'}", f"checkpoint: {self.last_checkpoint}"]
         lines += [f"{role + ':':<11} {out / model_dir}" for role, model_dir in self.trained.items()]
         return "\n".join(lines + ["=" * 60])

@@ -127,23 +127,14 @@ class OnlineDriver(Driver):
 
     # -- one step -------------------------------------------------------------------------------------
     def step_once(self) -> dict[str, float]:
-        ppo, cfg = self.ppo, self.cfg
+        ppo = self.ppo
         t_step = time.time()
-
-        t0 = time.time()
-        batch, prompts_text, scores, sampling = self.collect()
-        self.weight_sync.release_engines()
-        t_generate = time.time() - t0
-
-        t0 = time.time()
-        old_logprobs, ref_logprobs, scores, values = self.score(batch, prompts_text, scores)
-        t_score = time.time() - t0
+        (batch, prompts_text, scores, sampling), t_generate = timed(self.sample)
+        (old_logprobs, ref_logprobs, scores, values), t_score = timed(self.score, batch, prompts_text, scores)
 
         raw_scores = scores
         mask = batch["response_mask"]
-        if ppo.overlong_buffer:
-            scores = scores + overlong_penalty(mask.sum(-1), cfg.rollout.max_new_tokens, ppo.overlong_buffer, ppo.overlong_penalty)
-        scores = adjust_scores(scores, batch["finished_with_eos"], ppo.missing_eos_penalty, ppo.reward_clip, self.score_moments)
+        scores = self.shape_scores(batch, scores)
         targets = compute_targets(
             old_logprobs, ref_logprobs, values, scores, mask,
             estimator=self.algorithm.advantage, group_ids=batch["prompt_index"],
@@ -157,51 +148,69 @@ class OnlineDriver(Driver):
         if self.critic is not None:
             train_batch.update(old_values=values, returns=targets["returns"])
 
-        t0 = time.time()
-        train_stats = self.update(train_batch)
-        t_train = time.time() - t0
+        train_stats, t_train = timed(self.update, train_batch)
 
         kl_mean = targets["sequence_kl"].mean().item()
         kl_coef_used = self.kl_ctl.value
         self.kl_ctl.update(kl_mean, len(raw_scores))
 
-        t0 = time.time()
-        sync_bytes = self.sync_weights()
-        t_sync = time.time() - t0
+        sync_bytes, t_sync = timed(self.sync_weights)
 
-        gap_max, gap_mean = logprob_gap(batch["rollout_logprobs"], old_logprobs, mask)
-        if cfg.rollout.logprob_check_tolerance and gap_max > cfg.rollout.logprob_check_tolerance:
-            raise WorkerError(
-                f"rollout logprobs drift from the trainer's by {gap_max:.3g} > rollout.logprob_check_tolerance"
-            )
-        response_tokens = mask.sum().item()
+        rollout_row = self.rollout_metrics(batch, old_logprobs, raw_scores, sampling)
         step_time = time.time() - t_step
-        sampled = sampling.pop("scores", raw_scores)  # every response sampled this step (dynamic sampling: all rounds)
         row = {
-            "reward/mean": sampled.mean().item(),
-            "reward/std": sampled.std().item() if len(sampled) > 1 else 0.0,
             **({"kl/mean": kl_mean} if ref_logprobs is not None else {}),
             "kl/coef": kl_coef_used,
             **train_stats,
             "advantages/mean": targets["advantages"][mask.bool()].mean().item(),
-            "response/length_mean": mask.sum(-1).float().mean().item(),
-            "response/eos_fraction": batch["finished_with_eos"].float().mean().item(),
-            "rollout/logprob_diff_max": gap_max,
-            "rollout/logprob_diff_mean": gap_mean,
+            **rollout_row,
             "sync/seconds": t_sync,
             "sync/version": self.version,
             "sync/megabytes": sync_bytes / 2**20,
-            "rollout/engine_restarts": self.engine_restarts.restarts,
             "time/generate": t_generate,
             "time/score": t_score,
             "time/train": t_train,
             "time/step": step_time,
-            "throughput/tokens_per_s": response_tokens / step_time,
-            **sampling,
+            "throughput/tokens_per_s": mask.sum().item() / step_time,
         }
         if self.critic is not None:
             row["value/explained_var"] = explained_variance(values, targets["returns"], mask).item()
         return row
+
+    def shape_scores(self, batch: dict, scores: torch.Tensor) -> torch.Tensor:
+        """The scores the update uses: the overlong penalty (algorithm.ppo.overlong_buffer), then `adjust_scores`."""
+        ppo = self.ppo
+        if ppo.overlong_buffer:
+            lengths = batch["response_mask"].sum(-1)
+            scores = scores + overlong_penalty(lengths, self.cfg.rollout.max_new_tokens, ppo.overlong_buffer, ppo.overlong_penalty)
+        return adjust_scores(scores, batch["finished_with_eos"], ppo.missing_eos_penalty, ppo.reward_clip, self.score_moments)
+
+    def rollout_metrics(self, batch: dict, old_logprobs: torch.Tensor, scores: torch.Tensor, sampling: dict) -> dict[str, float]:
+        """The step's rollout metrics: sampled rewards, response shape, the engine/trainer logprob gap (checked
+        against rollout.logprob_check_tolerance) and ``sampling``'s (its "scores": every response sampled this step
+        under dynamic sampling, else ``scores``)."""
+        mask = batch["response_mask"]
+        gap_max, gap_mean = logprob_gap(batch["rollout_logprobs"], old_logprobs, mask)
+        tolerance = self.cfg.rollout.logprob_check_tolerance
+        if tolerance and gap_max > tolerance:
+            raise WorkerError(f"rollout logprobs drift from the trainer's by {gap_max:.3g} > rollout.logprob_check_tolerance")
+        sampled = sampling.pop("scores", scores)
+        return {
+            "reward/mean": sampled.mean().item(),
+            "reward/std": sampled.std().item() if len(sampled) > 1 else 0.0,
+            "response/length_mean": mask.sum(-1).float().mean().item(),
+            "response/eos_fraction": batch["finished_with_eos"].float().mean().item(),
+            "rollout/logprob_diff_max": gap_max,
+            "rollout/logprob_diff_mean": gap_mean,
+            "rollout/engine_restarts": self.engine_restarts.restarts,
+            **sampling,
+        }
+
+    def sample(self) -> tuple[dict, list[str], torch.Tensor | None, dict]:
+        """`collect`, then the engines released (sleep mode) for the scoring and training that follow."""
+        collected = self.collect()
+        self.weight_sync.release_engines()
+        return collected
 
     def collect(self) -> tuple[dict, list[str], torch.Tensor | None, dict]:
         """The step's batch of rollout_batch_size groups: (batch, prompt texts, scores or None, sampling metrics).
@@ -306,7 +315,7 @@ class OnlineDriver(Driver):
                     pending.append(self.critic.scatter_async("value_step", minibatch))
                 for p in pending:
                     stats.extend(p.wait())
-        return _mean_stats(stats)
+        return mean_stats(stats)
 
     def sync_weights(self) -> int:
         """Publish the policy's weights as the next version and load them into every engine.
@@ -345,7 +354,13 @@ class OnlineDriver(Driver):
         return lines
 
 
-def _mean_stats(stats: list[dict]) -> dict[str, float]:
+def timed(fn, *args):
+    """(fn(*args), the seconds it took)."""
+    start = time.time()
+    return fn(*args), time.time() - start
+
+
+def mean_stats(stats: list[dict]) -> dict[str, float]:
     """The step's metrics over its minibatch updates: the mean, except the largest of a maximum (``*_max``)."""
     keys = {k for s in stats for k in s}
     return {k: float((np.max if k.endswith("_max") else np.mean)([s[k] for s in stats if k in s])) for k in sorted(keys)}

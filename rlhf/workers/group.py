@@ -78,11 +78,13 @@ def split_evenly(value, n: int) -> list:
 class PendingCall:
     """Calls submitted to every actor of a group; `wait()` returns their results in actor order."""
 
-    def __init__(self, group: WorkerGroup, refs: list, method: str, actor_indices: list[int]):
+    def __init__(self, group: WorkerGroup, refs: list, method: str, actor_indices: list[int],
+                 timeout_s: float | None = None):
         self._group, self._refs, self._method, self._indices = group, refs, method, actor_indices
+        self._timeout_s = timeout_s  # None: the group's call_timeout_s
 
     def wait(self) -> list:
-        return self._group._wait(self._refs, self._method, self._indices)
+        return self._group._wait(self._refs, self._method, self._indices, self._timeout_s)
 
 
 class WorkerGroup:
@@ -224,10 +226,14 @@ class WorkerGroup:
     # -- process group ------------------------------------------------------------------------------
     def setup_distributed(self) -> None:
         """Rank 0 picks the rendezvous address; then every actor joins (and builds its engine) at once."""
+        self.setup_distributed_async().wait()
+
+    def setup_distributed_async(self) -> PendingCall:
+        """`setup_distributed` submitted: other roles can build their engines meanwhile; `wait()` bounds it."""
         addr, port = self._wait([self._submit(0, "master_address")], "master_address", [0], self.startup_timeout_s)[0]
         world = len(self.actors)
         refs = [self._submit(rank, "setup_distributed", addr, port, rank, world) for rank in range(world)]
-        self._wait(refs, "setup_distributed", list(range(world)), self.startup_timeout_s)
+        return PendingCall(self, refs, "setup_distributed", list(range(world)), self.startup_timeout_s)
 
     def wait_ready(self) -> None:
         """Block until every actor's constructor has finished (raises RoleDiedError if one failed)."""

@@ -140,7 +140,9 @@ class PolicyTrainer(TrainerBase):
 
         minibatch: chosen_/rejected_ {input_ids, attention_mask, loss_mask} [B, T]
         (`rlhf.data.collate.collate_preference`) and the reference's ref_chosen_logps,
-        ref_rejected_logps [B] (summed, or length-averaged for IPO: `preference_logps`). Chosen and rejected
+        ref_rejected_logps [B] (summed, or length-averaged for IPO: `preference_logps`); optionally pair_mask [B],
+        0 on slots that are no pair (iterative DPO's prompts without a preference): they add nothing to the loss,
+        the metrics or the pair count, so the step is the mean over its real pairs. Chosen and rejected
         go through the model in one forward pass ([2B, T]). loss = mean over the step's pairs of dpo_loss
         + nll_coef * sft_loss(chosen) (RPO; only when nll_coef > 0; aggregated over the step's chosen
         tokens with trainer.loss_agg_mode).
@@ -151,7 +153,7 @@ class PolicyTrainer(TrainerBase):
         mode = self.cfg.trainer.loss_agg_mode
 
         def count_fn(mb):
-            chosen_mask = mb["chosen_loss_mask"][:, 1:]
+            chosen_mask = _real_pairs(mb, mb["chosen_loss_mask"])[:, 1:]
             return {"pairs": len(chosen_mask), "chosen": agg_count(chosen_mask, mode)}
 
         def loss_fn(mb, counts):
@@ -160,9 +162,10 @@ class PolicyTrainer(TrainerBase):
             logits = next_token_logits(self.engine, rows["input_ids"], rows["attention_mask"])
             labels, mask = rows["input_ids"][:, 1:], rows["loss_mask"][:, 1:]
             logps = preference_logps(sequence_logprobs(logprobs_from_logits(logits, labels), mask), mask, dpo.loss_type)
-            chosen, rejected = logps[:n], logps[n:]
+            chosen, rejected = _real_pairs(mb, logps[:n]), _real_pairs(mb, logps[n:])
+            ref_chosen, ref_rejected = _real_pairs(mb, mb["ref_chosen_logps"]), _real_pairs(mb, mb["ref_rejected_logps"])
             losses, chosen_rewards, rejected_rewards = dpo_loss(
-                chosen, rejected, mb["ref_chosen_logps"].to(logps.dtype), mb["ref_rejected_logps"].to(logps.dtype),
+                chosen, rejected, ref_chosen.to(logps.dtype), ref_rejected.to(logps.dtype),
                 beta=dpo.beta, loss_type=dpo.loss_type, label_smoothing=dpo.label_smoothing,
             )
             pairs = counts["pairs"]
@@ -176,7 +179,8 @@ class PolicyTrainer(TrainerBase):
                 "logps/rejected": row_share(rejected.detach(), pairs),
             }
             if dpo.nll_coef > 0:
-                nll = sft_loss(logits[:n], labels[:n], mask[:n], mode, counts["chosen"])
+                chosen_rows = (_real_pairs(mb, x[:n]) for x in (logits, labels, mask))
+                nll = sft_loss(*chosen_rows, mode, counts["chosen"])
                 loss = loss + dpo.nll_coef * nll
                 stats["nll_loss"] = nll.detach()
             stats["loss"] = loss.detach()
@@ -268,6 +272,11 @@ class PolicyTrainer(TrainerBase):
 
 def _sequence_logprobs(module, mb: Batch) -> torch.Tensor:
     return masked_sequence_logprobs(module, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
+
+
+def _real_pairs(mb: Batch, per_pair: torch.Tensor) -> torch.Tensor:
+    """The rows of ``per_pair`` [B, ...] whose pair_mask is set (all of them when the batch has no pair_mask)."""
+    return per_pair if "pair_mask" not in mb else per_pair[mb["pair_mask"].bool()]
 
 
 def _prefixed(stats: dict) -> dict:

@@ -8,11 +8,14 @@ One Ray actor is one data-parallel rank. The life of a trainer actor:
     actor.<role methods>                           # scoring passes and optimizer steps, driven by the driver
 
 `_train_on(minibatch, count_fn, loss_fn)` is one optimizer step over this rank's shard of a
-minibatch: the shard is cut into micro-batches of trainer.micro_batch_size; the step's loss
+minibatch: the shard is cut into micro-batches of trainer.micro_batch_size rows (or, with
+trainer.micro_batch_tokens, rows grouped by length under a token budget, the same number on
+every rank: `_micro_batches`); the step's loss
 normalisers (token or row counts, `rlhf.algorithms.loss_agg`) are summed over every micro-batch
 and rank first; then each micro-batch's loss is its *share* of the step's loss (its sum over the
 step's count), so the gradient is the plain sum of the micro-batches' gradients over all ranks,
-whatever the split. The last micro-batch's `engine.step()` is the optimizer step. The counts are
+whatever the split. The last micro-batch's `engine.step()` is the optimizer step (its
+gradient-accumulation boundary is set explicitly, so the number of micro-batches may vary). The counts are
 all-reduced here rather than computed by the driver: only the step's loss knows which mask it is
 normalised by (response tokens, label tokens, the chosen tokens of pairs), and every driver gets
 the right normaliser without tensor math of its own, for one all-reduce of a few floats per step.
@@ -31,7 +34,9 @@ import torch
 from torch import nn
 
 from rlhf.config import RLHFConfig
+from rlhf.data.batch_layouts import UNTRIMMED, Layout, cut_micro_batches, find_layout, untrim_output
 from rlhf.data.batch_ops import Batch, batch_size, split_batch
+from rlhf.data.micro_batches import pack_by_tokens, restore_order, split_to_count
 from rlhf.models.loading import device_for, load_tokenizer
 from rlhf.models.saving import save_hf
 from rlhf.registry import get_algorithm
@@ -183,7 +188,10 @@ class TrainerBase(RoleWorker):
     # -- forward passes without gradients ---------------------------------------------------------
     @torch.no_grad()
     def _forward_no_grad(self, batch: Batch, fn: Callable[[nn.Module, Batch], torch.Tensor]) -> torch.Tensor:
-        """cat over micro-batches of fn(module, micro_batch), on the CPU in float32.
+        """fn(module, micro_batch) of every micro-batch, joined in the batch's row order, on the CPU in float32.
+
+        With trainer.micro_batch_tokens, per-token outputs of a trimmed rollout micro-batch are padded
+        back to the batch's R with zeros (`rlhf.data.batch_layouts.untrim_output`).
 
         Under ZeRO-3 every forward gathers parameters collectively, so every rank runs the same
         number of forwards: ranks with fewer micro-batches repeat one and drop the result.
@@ -192,7 +200,7 @@ class TrainerBase(RoleWorker):
         module = self.module
         was_training = module.training
         module.eval()
-        micro = split_batch(batch, self.cfg.trainer.micro_batch_size) if batch_size(batch) else []
+        micro, rows, layout = self._micro_batches(batch, same_count_on_every_rank=False)
         passes = len(micro)
         if self.zero3 and self.world_size > 1:
             passes = int(self._reduce_across_ranks({"passes": passes}, "max")["passes"])
@@ -202,12 +210,35 @@ class TrainerBase(RoleWorker):
                 mb = micro[i] if i < len(micro) else (micro[-1] if micro else _dummy_row(batch))
                 out = fn(module, to_device(mb, self.device)).float().cpu()
                 if i < len(micro):
-                    outputs.append(out)
+                    outputs.append(untrim_output(layout, out, batch))
         finally:
             module.train(was_training)
         if not outputs:
             return torch.empty((0, *batch["response_mask"].shape[1:]) if "response_mask" in batch else (0,))
-        return torch.cat(outputs)
+        return restore_order(outputs, rows)
+
+    def _micro_batches(self, batch: Batch, same_count_on_every_rank: bool) -> tuple[list[Batch], list[list[int]], Layout]:
+        """This rank's micro-batches of ``batch``, the rows of each, and the layout they were trimmed by.
+
+        By default, consecutive runs of trainer.micro_batch_size rows. With trainer.micro_batch_tokens, rows
+        grouped by length under that budget and at most micro_batch_size rows each (`rlhf.data.micro_batches`),
+        each micro-batch cut to the columns its rows need (`rlhf.data.batch_layouts`). same_count_on_every_rank:
+        ranks with fewer micro-batches split theirs until all ranks have as many (collective: every rank calls).
+        """
+        trainer = self.cfg.trainer
+        n = batch_size(batch)
+        if trainer.micro_batch_tokens is None or not n:
+            size = trainer.micro_batch_size
+            rows = [list(range(start, min(start + size, n))) for start in range(0, n, size)]
+            return split_batch(batch, size) if n else [], rows, UNTRIMMED
+        layout, extents = find_layout(batch)
+        lengths = extents.tolist()
+        per_row = layout.sequences_per_row
+        rows = pack_by_tokens(lengths, trainer.micro_batch_tokens, trainer.micro_batch_size, per_row)
+        if same_count_on_every_rank and self.world_size > 1:
+            count = int(self._reduce_across_ranks({"micro_batches": len(rows)}, "max")["micro_batches"])
+            rows = split_to_count(rows, lengths, count, per_row)
+        return cut_micro_batches(layout, batch, extents, rows), rows, layout
 
     # -- one optimizer step ------------------------------------------------------------------------
     def _train_on(self, minibatch: Batch, count_fn: CountFn, loss_fn: LossFn) -> dict[str, float]:
@@ -219,13 +250,13 @@ class TrainerBase(RoleWorker):
         """
         engine = self._require_engine()
         micro_size = self.cfg.trainer.micro_batch_size
-        micro = split_batch(minibatch, micro_size)
         expected = engine.gradient_accumulation_steps()
-        if len(micro) != expected or batch_size(minibatch) != expected * micro_size:
+        if batch_size(minibatch) != expected * micro_size:
             raise ValueError(
                 f"{self.role} rank {self.rank}: got {batch_size(minibatch)} samples, expected "
                 f"{expected} micro-batches of {micro_size} (samples per step / ranks)"
             )
+        micro, _, _ = self._micro_batches(minibatch, same_count_on_every_rank=True)
         local_counts: dict[str, float] = {}
         for mb in micro:
             for name, value in count_fn(mb).items():
@@ -237,11 +268,15 @@ class TrainerBase(RoleWorker):
         maxima: dict[str, float] = {}
         fallback_norm = None
         for i, mb in enumerate(micro):
+            last = i == len(micro) - 1
+            # The step ends at this rank's last micro-batch, however many there are (token-budget
+            # micro-batches vary in number from step to step); every rank has as many.
+            engine.set_gradient_accumulation_boundary(last)
             loss, mb_shares, mb_maxima = loss_fn(to_device(mb, self.device), counts)
             # The shares already sum to the step's loss: undo DeepSpeed's 1/accumulation scaling
             # (scale_wrt_gas=False) and its averaging of gradients over the data-parallel ranks.
             engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            if i == len(micro) - 1 and self.cfg.trainer.zero_stage == 0:
+            if last and self.cfg.trainer.zero_stage == 0:
                 fallback_norm = self._local_grad_norm()  # stage 0 fp32 reports no norm; grads are reduced by now
             engine.step()
             for key, value in mb_shares.items():

@@ -261,6 +261,20 @@ def test_vllm_seeded_sampling_is_reproducible(vllm_engine, tiny_tokenizer):
 
 
 @pytest.mark.slow
+def test_vllm_seeded_sampling_of_prompts_longer_than_one_scheduler_step(vllm_engine, tiny_tokenizer):
+    """More prompt tokens than vLLM schedules in one step (its token budget is 4,096 here): with chunked
+    prefill a prompt split across steps discards a sampled token and rewinds its seeded generator,
+    which vLLM's CPU generator cannot do (it failed the step). Each prompt's prefill stays whole."""
+    call = vllm_call(vllm_engine)
+    rng = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(10, len(tiny_tokenizer), (200,), generator=rng).tolist() for _ in range(24)]
+    batch = call("generate", prompts, call("version"), samples_per_prompt=2, seed=7)
+    assert batch["input_ids"].shape[0] == 48 and batch["response_mask"].sum() > 0
+    again = call("generate", prompts, call("version"), samples_per_prompt=2, seed=7)
+    assert torch.equal(batch["input_ids"], again["input_ids"])
+
+
+@pytest.mark.slow
 def test_vllm_weight_reload_loads_every_layer(vllm_engine, tiny_assets):
     """vLLM's layer-wise reload once warned "RotaryEmbedding: Failed to load weights" on every sync: it
     counted the rotary's computed cos_sin_cache buffer as a weight (`skip_computed_buffers`)."""

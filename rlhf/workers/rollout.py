@@ -276,6 +276,10 @@ class RolloutEngine:
             enforce_eager=r.enforce_eager or on_cpu,
             worker_extension_cls=WORKER_EXTENSION,
             enable_sleep_mode=r.sleep_while_training,
+            # A prompt prefilled in chunks across scheduler steps has a sampled token discarded and its
+            # per-request seeded generator rewound, which CPU generators cannot do (vLLM fails the step);
+            # on the CPU each prompt is prefilled whole.
+            enable_chunked_prefill=not on_cpu,
             # The sampled token's logprob after temperature (and top-k/top-p), i.e. under the
             # distribution it was drawn from; the default "raw_logprobs" ignores the temperature.
             logprobs_mode="processed_logprobs",

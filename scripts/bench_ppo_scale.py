@@ -86,6 +86,10 @@ def run_rlhf(paths: dict, steps: int, overrides: list[str]) -> dict:
 
 
 def run_vllm(paths: dict) -> dict:
+    import os
+
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"  # as the rollout engine sets them (rollout.kv_cache_gib)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM, SamplingParams
 
     from rlhf.models.loading import load_tokenizer
@@ -93,13 +97,16 @@ def run_vllm(paths: dict) -> dict:
     tokenizer = load_tokenizer(str(paths["policy"]))
     prompts = [json.loads(line)["prompt"] for line in paths["prompts"].read_text().splitlines()]
     ids = [tokenizer(p)["input_ids"] for p in prompts]
-    llm = LLM(model=str(paths["policy"]), dtype="float32", enforce_eager=True, seed=1, max_model_len=512,
-              gpu_memory_utilization=0.05)
-    params = SamplingParams(n=SAMPLES, temperature=1.0, max_tokens=RESPONSE_TOKENS, logprobs=0,
-                            stop_token_ids=[tokenizer.eos_token_id])
-    llm.generate([{"prompt_token_ids": ids[0]}], params, use_tqdm=False)  # warm-up
+    llm = LLM(model=str(paths["policy"]), dtype="float32", enforce_eager=True, seed=1, gpu_memory_utilization=0.05,
+              enable_chunked_prefill=False, logprobs_mode="processed_logprobs")
+
+    def params(seed: int):  # a seed per prompt, as the rollout engine samples
+        return SamplingParams(n=SAMPLES, temperature=1.0, max_tokens=RESPONSE_TOKENS, logprobs=0,
+                              stop_token_ids=[tokenizer.eos_token_id], seed=seed)
+
+    llm.generate([{"prompt_token_ids": ids[0]}], params(0), use_tqdm=False)  # warm-up
     start = time.time()
-    outputs = llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in ids], [params(i) for i in range(len(ids))], use_tqdm=False)
     seconds = time.time() - start
     tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
     return {"generate_s": seconds, "tokens": tokens}

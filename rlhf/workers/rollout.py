@@ -36,6 +36,7 @@ from rlhf.data.padding import build_sequence_batch
 from rlhf.models.loading import plain_generation_config
 from rlhf.data.stop_tokens import stop_token_ids
 from rlhf.data.templates import use_chat_template
+from rlhf.workers.threads import match_cpu_share
 from rlhf.weight_sync import SyncHandle, WeightTransport, gpu_uuid, make_transport
 
 # Dotted path vLLM imports in its worker (``worker_extension_cls``).
@@ -132,6 +133,9 @@ class RolloutEngine:
     def __init__(self, cfg: RLHFConfig, model_path: str, engine_index: int = 0):
         from transformers import AutoTokenizer
 
+        # Before vLLM starts: its CPU worker then forbids changing the count, and Ray's OMP_NUM_THREADS
+        # (the integer part of num_cpus) would leave a 1.2-CPU engine generating on one thread.
+        match_cpu_share()
         self.cfg = cfg
         self.engine_index = engine_index
         self._version = 0

@@ -22,19 +22,13 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-ONE_STEP = {  # overrides that stop each algorithm after its first step, with no eval or checkpoint in between
-    "online": ["algorithm.ppo.num_steps=1", "algorithm.ppo.eval_interval=0"],
-    "offline": ["trainer.max_steps=1", "trainer.eval_interval=0"],
-}
+# Stop every algorithm after its first step, with no eval or checkpoint in between (each key is harmless
+# to the algorithms that do not read it).
+ONE_STEP = ["algorithm.ppo.num_steps=1", "algorithm.ppo.eval_interval=0", "trainer.max_steps=1", "trainer.eval_interval=0"]
 
 
 def one_run(config: Path, out: Path) -> dict:
-    from rlhf.config import load_config
-    from rlhf.registry import get_algorithm
-
-    algorithm = get_algorithm(load_config(str(config), [], validate_paths=False).algorithm.name)
-    kind = "online" if algorithm.advantage is not None or algorithm.section == "ppo" else "offline"
-    overrides = [*ONE_STEP[kind], "checkpoint.interval=0", "checkpoint.resume=never", f"logging.output_dir={out}",
+    overrides = [*ONE_STEP, "checkpoint.interval=0", "checkpoint.resume=never", f"logging.output_dir={out}",
                  "logging.wandb.mode=disabled", "logging.progress_bar=false"]
     busy_before, started = _busy_cpu_seconds(), time.time()
     proc = subprocess.run([sys.executable, "-m", "rlhf.run", str(config), *overrides], cwd=REPO,
@@ -42,7 +36,7 @@ def one_run(config: Path, out: Path) -> dict:
     busy, wall = _busy_cpu_seconds() - busy_before, time.time() - started
     if proc.returncode != 0:
         raise SystemExit(f"{config}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    first = next(row for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if row["step"] == 1)
     line = next(x for x in (out / "summary.txt").read_text().splitlines() if x.startswith("start-up:"))
     # The whole run's CPU work over the machine's capacity in that time: near 1, the cores were the limit.
     return {"to_first_step": first["time/to_first_step"], "phases": line.split("(", 1)[1].rstrip(")"),

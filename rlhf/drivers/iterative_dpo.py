@@ -44,6 +44,7 @@ from rlhf.config import RLHFConfig
 from rlhf.data.batch_ops import index_batch
 from rlhf.data.collate import pairs_as_rows, rollout_pairs
 from rlhf.drivers.ppo import MODEL_KEYS, OnlineDriver, mean_stats, timed
+from rlhf.drivers.reference_scoring import reference_scorer
 from rlhf.workers.group import WorkerGroup
 
 
@@ -55,7 +56,6 @@ class IterativeDPODriver(OnlineDriver):
         super().__init__(cfg)
         self.name = "Iterative DPO"
         self.dpo = cfg.algorithm.dpo
-        self.reference_update = cfg.algorithm.iterative_dpo.reference_update
 
     def step_once(self) -> dict[str, float]:
         ppo = self.ppo
@@ -108,12 +108,8 @@ class IterativeDPODriver(OnlineDriver):
     def reference_logprobs(self, pair_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(log pi_ref(chosen), log pi_ref(rejected)) [G] of every pair slot, as the loss type uses them
         (`preference_logps`), from the source reference_update names (module doc, step 4)."""
-        if self.reference_update == "every_round":
-            group, method = self.groups["policy"], "sequence_logprobs"
-        elif "reference" in self.groups:
-            group, method = self.groups["reference"], "sequence_logprobs"
-        else:  # reference_from_base: the policy with its LoRA adapter disabled
-            group, method = self.groups["policy"], "reference_sequence_logprobs"
+        # every_round starts no reference actor and refuses reference_from_base: the policy scores them itself
+        group, method = reference_scorer(self.groups, self.cfg)
         rows = pairs_as_rows(pair_batch)  # the G chosen rows, then the G rejected rows
         logps = preference_logps(WorkerGroup.gather_cat(group.scatter(method, rows)), rows["loss_mask"], self.dpo.loss_type)
         chosen, rejected = logps.view(2, -1)

@@ -112,12 +112,16 @@ class ReferenceScoringDriver(OfflineDriver):
     def sequence_logprobs(self, rows: dict, reference: bool) -> torch.Tensor:
         """[B] summed logprobs of full-sequence rows (input_ids, attention_mask, loss_mask) under the
         reference or the current policy, from whichever actor holds it."""
-        if not reference:
-            parts = self.trainer.scatter("sequence_logprobs", rows)
-        elif "reference" in self.groups:
-            parts = self.groups["reference"].scatter("sequence_logprobs", rows)
-        elif self.cfg.model.reference_from_base:
-            parts = self.trainer.scatter("reference_sequence_logprobs", rows)
-        else:  # precomputing before the first update: the policy is still the reference
-            parts = self.trainer.scatter("sequence_logprobs", rows)
-        return WorkerGroup.gather_cat(parts)
+        group, method = reference_scorer(self.groups, self.cfg) if reference else (self.trainer, "sequence_logprobs")
+        return WorkerGroup.gather_cat(group.scatter(method, rows))
+
+
+def reference_scorer(groups: dict[str, WorkerGroup], cfg: RLHFConfig) -> tuple[WorkerGroup, str]:
+    """The group and method that score full-sequence rows under the reference: the reference actors; with
+    LoRA's model.reference_from_base, the policy with its adapter disabled; otherwise the policy itself, which
+    is then the reference (before its first update when precomputing; each round's start in iterative DPO)."""
+    if "reference" in groups:
+        return groups["reference"], "sequence_logprobs"
+    if cfg.model.reference_from_base:
+        return groups["policy"], "reference_sequence_logprobs"
+    return groups["policy"], "sequence_logprobs"

@@ -266,6 +266,10 @@ class RolloutEngine:
             raise ValueError("rollout.sleep_while_training needs CUDA (vLLM's sleep mode); it is off on the CPU")
         if on_cpu:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(r.kv_cache_gib)
+            # vLLM's sampler torch.compiles its logprob ranking with inductor even in eager mode; on the
+            # CPU that C++ build cost ~7 s of the first generate per engine start (measured, tiny policy),
+            # and the eager op is as fast at these sizes. The GPU keeps it.
+            torch._dynamo.config.disable = True
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # see the module docstring
         from vllm import LLM
 

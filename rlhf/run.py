@@ -54,10 +54,10 @@ def run(cfg: RLHFConfig, started_at: float | None = None) -> dict:
 def _run(cfg: RLHFConfig, clock) -> dict:
     from rlhf.drivers.cluster import connect_ray
 
+    driver = get_algorithm(cfg.algorithm.name).driver_class()(cfg)  # reads no data yet: `Driver.run` does
+    clock.mark("python")  # the driver's modules (torch, Ray)
     connect_ray(cfg)
     clock.mark("ray")
-    driver = get_algorithm(cfg.algorithm.name).driver_class()(cfg)
-    clock.mark("data")
     return driver.run(clock)
 
 

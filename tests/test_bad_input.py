@@ -112,3 +112,41 @@ def test_truncated_or_corrupted_data_is_a_data_error(name, tiny_assets, tiny_tok
             assert str(err).startswith(str(path)), err
             assert "\n" not in str(err)
     assert errors >= 10  # most mutations break a row; the rest happen to stay valid
+
+
+@pytest.mark.slow
+def test_bad_data_in_a_run_is_one_line_exit_2_and_leaves_no_actor(ray_session, tiny_assets, tmp_path, capsys, monkeypatch):
+    """The roles' actors start before the driver reads its data: a bad row still ends the run with exit 2 and
+    one line naming the file and row, and the actors already starting are removed with their placement group."""
+    import ray
+
+    from rlhf.drivers.sft import SFTDriver
+
+    roles_at_read = []
+    read_data = SFTDriver.read_data
+
+    def recording_read_data(driver):
+        roles_at_read.append(sorted(driver.groups))
+        return read_data(driver)
+
+    monkeypatch.setattr(SFTDriver, "read_data", recording_read_data)
+    rows = open(tiny_assets["sft_train"]).read().splitlines()
+    rows[4] = json.dumps({"prompt": "0+4="})  # no completion
+    train = tmp_path / "bad.jsonl"
+    train.write_text("\n".join(rows) + "\n")
+    config = yaml.safe_load(open("configs/tiny/sft.yaml"))
+    config.pop("tiny_assets")
+    config["model"]["policy"] = tiny_assets["policy"]
+    config["data"].update(train=str(train), eval=None)
+    config["logging"].update(output_dir=str(tmp_path / "out"), progress_bar=False, wandb={"mode": "disabled"})
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    groups_before = set(ray.util.placement_group_table())
+
+    assert main([str(path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"data error: {train}: row 5: missing field 'completion' (row has keys: prompt)"]
+    assert roles_at_read == [["policy"]]  # the policy's actor was starting while the driver read the data
+    # Removing a placement group ends every actor in it.
+    run_groups = [info for pg, info in ray.util.placement_group_table().items() if pg not in groups_before]
+    assert run_groups and all(info["state"] == "REMOVED" for info in run_groups)

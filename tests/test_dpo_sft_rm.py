@@ -10,6 +10,7 @@ eval loss 4.69 -> 0.71 in 100 steps.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,9 @@ def test_dpo_lora_with_reference_from_base(ray_session, tiny_assets, tiny_assets
     driver_cfg = tiny_config("dpo", tiny_assets_dir, None, load=lambda p, o: load_config(p, o, validate_paths=False))
     from rlhf.drivers.dpo import DPODriver
 
-    pairs = DPODriver(driver_cfg).eval_data
+    driver = DPODriver(driver_cfg)
+    driver.read_data()
+    pairs = driver.eval_data
     rows = pairs_as_rows(collate_preference(list(pairs)[:8], 0))
     with torch.no_grad():
         logps = {name: masked_sequence_logprobs(m, rows["input_ids"], rows["attention_mask"], rows["loss_mask"])
@@ -163,11 +166,22 @@ def test_dpo_lora_with_reference_from_base(ray_session, tiny_assets, tiny_assets
 @pytest.mark.slow
 def test_sft_lowers_eval_loss_and_resumes_exactly(ray_session, tiny_assets_dir, tmp_path):
     out = tmp_path / "sft"
-    history = run(tiny_config("sft", tiny_assets_dir, out, "trainer.num_epochs=20"))["history"]
+    cfg = tiny_config("sft", tiny_assets_dir, out, "trainer.num_epochs=20")
+    history = run(cfg)["history"]
     losses = evals(history, "eval/loss")
     assert [step for step, _ in losses] == [0, 100]
     assert losses[-1][1] < 0.2 * losses[0][1], losses
     assert all(row["throughput/tokens_per_s"] > 0 and "loss" in row for row in history[1:])
+    # The trainer started before the driver read the data, and its cosine schedule still spans the 100 steps the
+    # data make (80 examples / 16 x 20 epochs): step 55 used the lr of optimizer step 54, 44 of 90 past warm-up.
+    t = cfg.trainer
+    assert history[55]["policy/lr"] == pytest.approx(t.learning_rate * 0.5 * (1 + math.cos(math.pi * 44 / 90)), rel=1e-6)
+    # Start-up: the first step's row and the summary say where the time went, phase by phase.
+    assert 0 < history[1]["time/startup"] < history[1]["time/to_first_step"]
+    line = next(x for x in (out / "summary.txt").read_text().splitlines() if x.startswith("start-up: "))
+    phases = [part.rsplit(" ", 1)[0] for part in line.split("(", 1)[1].rstrip(")").split(", ")]
+    assert phases == ["python", "ray", "placement", "data while roles start", "roles", "prepare", "eval at start",
+                      "first step"], line
 
     # Resume: 3 steps, then the same run asked for 6 continues from the step-3 checkpoint
     # exactly as an uninterrupted 6-step run (data order, optimizer and lr schedule).
@@ -234,7 +248,9 @@ def test_rm_learns_pairs_and_serves_as_ppo_reward(ray_session, tiny_assets, tiny
         f"data.train={tiny_assets['prompts_train']}", f"data.eval={tiny_assets['prompts_eval']}",
     ])
     worker = RewardWorker(ppo_cfg)
-    pairs = RMDriver(tiny_config("rm", tiny_assets_dir, None, load=lambda p, o: load_config(p, o, validate_paths=False))).eval_data
+    rm_driver = RMDriver(tiny_config("rm", tiny_assets_dir, None, load=lambda p, o: load_config(p, o, validate_paths=False)))
+    rm_driver.read_data()
+    pairs = rm_driver.eval_data
     pad = worker.policy_tokenizer.pad_token_id
     chosen = worker.scores(build_sequence_batch([e.prompt_ids for e in pairs], [e.chosen_ids for e in pairs], pad))
     rejected = worker.scores(build_sequence_batch([e.prompt_ids for e in pairs], [e.rejected_ids for e in pairs], pad))
@@ -283,13 +299,14 @@ def test_every_preference_format_loads_through_the_dpo_data_path(fmt, declared, 
 
     train = write_jsonl(tmp_path / f"{fmt}.jsonl", PREFERENCE_ROWS[fmt])
     driver = DPODriver(data_path_config(tiny_assets_dir, train, *([f"data.format={fmt}"] if declared else [])))
+    sampler, total_steps = driver.read_data()
     data = driver.train_data
-    assert data.format == fmt and len(data) == 2 and driver.total_steps == 10  # 10 epochs of one batch
+    assert data.format == fmt and len(data) == 2 and total_steps == 10  # 10 epochs of one batch
     tok = driver.tokenizer
     assert tok.decode(data[0].prompt_ids) == "<|user|>3+4=</s><|assistant|>"
     assert (tok.decode(data[0].chosen_ids), tok.decode(data[0].rejected_ids)) == ("7</s>", "8</s>")
     assert tok.decode(data[1].rejected_ids) == "three</s>"
-    batch = collate_preference([data[i] for i in next(driver.sampler)], driver.pad_id)
+    batch = collate_preference([data[i] for i in next(sampler)], driver.pad_id)
     rows = pairs_as_rows(batch)
     assert rows["input_ids"].shape[0] == 4 and rows["loss_mask"].shape == rows["input_ids"].shape
     assert rows["loss_mask"].sum().item() == sum(len(e.chosen_ids) + len(e.rejected_ids) for e in data)
@@ -313,11 +330,11 @@ def test_malformed_preference_file_names_file_and_row(tiny_assets_dir, tmp_path)
     rows = PREFERENCE_ROWS["prompt_chosen_rejected"] + [{"prompt": "5+5=", "chosen": "10"}]
     train = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError) as info:
-        DPODriver(data_path_config(tiny_assets_dir, train))
+        DPODriver(data_path_config(tiny_assets_dir, train)).read_data()
     assert info.value.source == str(train) and info.value.row == 3
     assert str(info.value).startswith(f"{train}: row 3: ") and "rejected" in str(info.value)
 
     # Too few usable pairs for one optimizer step is a data error too, not a hang or an empty run.
     train = write_jsonl(tmp_path / "short.jsonl", rows[:1])
     with pytest.raises(DataError, match="fewer than trainer.train_batch_size=2"):
-        DPODriver(data_path_config(tiny_assets_dir, train))
+        DPODriver(data_path_config(tiny_assets_dir, train)).read_data()

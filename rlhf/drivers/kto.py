@@ -45,16 +45,19 @@ class KTODriver(ReferenceScoringDriver):
     def __init__(self, cfg: RLHFConfig):
         super().__init__(cfg)
         self.kto = cfg.algorithm.kto
-        self.train_partners = kl_partners([e.prompt_ids for e in self.train_data])
-        self.eval_partners = kl_partners([e.prompt_ids for e in self.eval_data]) if self.eval_data is not None else None
-        n_desirable = sum(e.desirable for e in self.train_data)
-        warning = weight_ratio_warning(n_desirable, len(self.train_data) - n_desirable,
+        self.train_partners: list[int] = []  # `load_data`'s: each example's KL row partner
+        self.eval_partners: list[int] | None = None
+
+    def load_data(self):
+        train, held_out = load_splits(self.cfg, self.tokenizer, load_unpaired_dataset)
+        self.train_partners = kl_partners([e.prompt_ids for e in train])
+        self.eval_partners = kl_partners([e.prompt_ids for e in held_out]) if held_out is not None else None
+        n_desirable = sum(e.desirable for e in train)
+        warning = weight_ratio_warning(n_desirable, len(train) - n_desirable,
                                        self.kto.desirable_weight, self.kto.undesirable_weight)
         if warning:
             log.warning("algorithm.kto: %s", warning)
-
-    def load_data(self):
-        return load_splits(self.cfg, self.tokenizer, load_unpaired_dataset)
+        return train, held_out
 
     def cache_key(self) -> dict:
         return {"algorithm": "kto"}  # per example: (completion, mismatched KL row)

@@ -4,8 +4,12 @@ A run, step by step (`Driver.run`):
 
 1. Write <output_dir>/config.yaml; plan, check and create the placement groups for the roles the
    algorithm's registry entry names (`cluster.prepare_placement`).
-2. Start the roles (`create_roles`), form the process groups of the trained roles (`trained`:
-   role -> model directory name) and wait until every actor has loaded; write placement.json.
+2. Start the roles' actors (`create_roles`): their constructors load models and import their
+   libraries, which takes seconds and needs no data. Meanwhile the driver reads and tokenizes its
+   data (`read_data`: the sampler and the run's steps); a bad file or row ends the run there,
+   its actors removed. Then the trained roles (`trained`: role -> model directory name) form their
+   process groups and build their DeepSpeed engines with what the data decided (`optimizer_steps`,
+   for the lr schedule), every actor is awaited, and placement.json is written.
 3. Resume from checkpoint.resume (default: the newest complete checkpoint): every trained role's
    DeepSpeed state, the data sampler's position, the step, and the algorithm's own driver state
    (`load_extra_state`), then `after_resume` (e.g. push the restored weights to the rollout engines).
@@ -38,6 +42,7 @@ from rlhf.drivers.console import log_dir
 from rlhf.drivers.metrics import MetricsLogger
 from rlhf.drivers.preemption import Preempted, PreemptionGuard
 from rlhf.drivers.startup import StartupClock
+from rlhf.registry import get_algorithm
 from rlhf.report import update_report
 from rlhf.workers.faults import FaultInjector
 from rlhf.workers.group import WorkerError, WorkerGroup
@@ -52,10 +57,10 @@ class Driver:
     progress_keys: tuple[str, ...] = ()  # shown on the progress bar
     summary_keys: tuple[str, ...] = ()  # shown first -> last in the summary
 
-    def __init__(self, cfg: RLHFConfig, sampler: EpochSampler, total_steps: int):
+    def __init__(self, cfg: RLHFConfig):
         self.cfg = cfg
-        self.sampler = sampler
-        self.total_steps = total_steps
+        self.sampler: EpochSampler | None = None  # `read_data`'s, once the run has read its data
+        self.total_steps = 0  # the run's steps, `read_data`'s
         self.step = 0
         self.pools: dict[str, Pool] = {}
         self.groups: dict[str, WorkerGroup] = {}
@@ -65,9 +70,20 @@ class Driver:
         self.preemption = PreemptionGuard()
 
     # -- what an algorithm supplies ----------------------------------------------------------------
-    def create_roles(self) -> dict[str, WorkerGroup]:
-        """{role: group} of every actor the algorithm uses, each started with `start_group`."""
+    def read_data(self) -> tuple[EpochSampler, int]:
+        """Read and tokenize the run's data (`DataError` for a bad file or row): (its sampler, the run's steps).
+        Runs while the roles' actors start, so neither may depend on the other."""
         raise NotImplementedError
+
+    def create_roles(self) -> dict[str, WorkerGroup]:
+        """{role: group} of every actor the algorithm uses, each started with `start_group`; called before
+        `read_data`: what the actors need of the data they get later (`optimizer_steps`)."""
+        raise NotImplementedError
+
+    def optimizer_steps(self) -> int | None:
+        """Optimizer steps of each trained role in the whole run (its lr schedule), once `read_data` ran.
+        Default: the algorithm's registry entry's count (None when unknown)."""
+        return get_algorithm(self.cfg.algorithm.name).optimizer_steps(self.cfg)
 
     @property
     def trained(self) -> dict[str, str]:
@@ -114,9 +130,13 @@ class Driver:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
         self.pools = prepare_placement(cfg)
+        startup.mark("placement")
         metrics = None
         self.preemption.install()
         try:
+            self.groups = self.create_roles()
+            self.sampler, self.total_steps = self.read_data()
+            startup.mark("data while roles start")
             self.start_roles()
             write_placement(list(self.groups.values()), out)
             startup.mark("roles")
@@ -172,9 +192,10 @@ class Driver:
             release(list(self.groups.values()), self.pools)
 
     def start_roles(self) -> None:
-        self.groups = self.create_roles()
+        """The started actors' set-up, once the data is read: the trained roles' process groups and engines."""
         # The trained roles build their DeepSpeed engines side by side (the policy's and the critic's)
-        pending = [self.groups[role].setup_distributed_async() for role in self.trained]
+        steps = self.optimizer_steps()
+        pending = [self.groups[role].setup_distributed_async(total_steps=steps) for role in self.trained]
         for call in pending:
             call.wait()
         for group in self.groups.values():

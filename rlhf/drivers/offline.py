@@ -3,10 +3,11 @@
 The lifecycle (placement, roles, resume, loop, checkpoints, metrics, summary, shutdown) is
 `lifecycle.Driver`'s; this module adds what offline algorithms share:
 
-1. Load and tokenize data.train and data.eval (before any actor starts, so a bad row fails at
-   once with its file and row; data.max_samples limits the training set only).
-2. The trained model as `resources.policy.num_actors` data-parallel DeepSpeed ranks in the policy
-   pool (`create_roles`; DPO adds its reference).
+1. The trained model as `resources.policy.num_actors` data-parallel DeepSpeed ranks in the policy
+   pool (`create_roles`; DPO adds its reference), started first.
+2. Meanwhile data.train and data.eval are loaded and tokenized (`read_data`; a bad row fails with its
+   file and row and removes the actors; data.max_samples limits the training set only); the
+   trainer's lr schedule gets the run's steps at its set-up (`optimizer_steps`).
 3. Steps: each takes the next trainer.train_batch_size examples (pairs, for DPO and RM) from the
    `EpochSampler`, epoch after epoch, and is one optimizer step across the ranks (`train_step`).
    The run has num_epochs * (examples // train_batch_size) steps, or trainer.max_steps if fewer.
@@ -63,27 +64,38 @@ class OfflineDriver(Driver):
     summary_keys: tuple[str, ...] = ("loss",)
 
     def __init__(self, cfg: RLHFConfig):
+        super().__init__(cfg)
+        self.eval_batch_size = cfg.trainer.train_batch_size
+        self.tokenizer = None  # `read_data`'s: the policy's tokenizer
+        self.pad_id: int | None = None
+        self.train_data: TokenizedDataset | None = None
+        self.eval_data: TokenizedDataset | None = None
+
+    def read_data(self) -> tuple[EpochSampler, int]:
+        """The splits (`load_data`), at least one batch of training examples; a sampler over them and `planned_steps`."""
+        cfg, t = self.cfg, self.cfg.trainer
         self.tokenizer = load_tokenizer(cfg.model.policy)
         self.pad_id = self.tokenizer.pad_token_id
-        self.cfg = cfg
         self.train_data, self.eval_data = self.load_data()
-        t = cfg.trainer
         if len(self.train_data) < t.train_batch_size:
             raise DataError(self.train_data.source, None, f"{len(self.train_data)} usable examples, fewer than "
                             f"trainer.train_batch_size={t.train_batch_size} (one optimizer step)")
         sampler = EpochSampler(len(self.train_data), t.train_batch_size, t.seed, cfg.data.shuffle)
-        super().__init__(cfg, sampler, planned_steps(len(self.train_data), cfg))
-        self.eval_batch_size = t.train_batch_size
+        return sampler, planned_steps(len(self.train_data), cfg)
+
+    def optimizer_steps(self) -> int:
+        return self.total_steps  # one optimizer step per step
 
     # -- subclass hooks ---------------------------------------------------------------------------
     def load_data(self) -> tuple[TokenizedDataset, TokenizedDataset | None]:
+        """(train, eval or None), tokenized with ``self.tokenizer``."""
         raise NotImplementedError
 
     def create_roles(self) -> dict[str, WorkerGroup]:
         """{role: group}; must include ``trainer_role``. Default: the policy trainer in the policy pool."""
         from rlhf.workers.policy import PolicyTrainer
 
-        return {"policy": self.start_group(PolicyTrainer, self.cfg, self.total_steps, role="policy")}
+        return {"policy": self.start_group(PolicyTrainer, self.cfg, role="policy")}
 
     def train_step(self, indices: list[int]) -> dict[str, float]:
         """One optimizer step on the training examples at ``indices``; the step's metrics."""

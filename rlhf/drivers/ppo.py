@@ -59,11 +59,9 @@ class OnlineDriver(Driver):
         self.algorithm = get_algorithm(cfg.algorithm.name)
         self.name = cfg.algorithm.name.upper()
         self.ppo = ppo = cfg.algorithm.ppo
-        self.tokenizer = load_tokenizer(cfg.model.policy)
-        self.prompts = load_prompt_dataset(cfg.data.train, self.tokenizer, cfg.data)
-        self.eval_prompts = load_prompt_dataset(cfg.data.eval, self.tokenizer, cfg.data) if cfg.data.eval else None
-        super().__init__(cfg, EpochSampler(len(self.prompts), ppo.rollout_batch_size, cfg.trainer.seed, cfg.data.shuffle),
-                         ppo.num_steps)
+        super().__init__(cfg)
+        self.tokenizer = None  # `read_data`'s: the policy's tokenizer, its prompts and eval prompts
+        self.prompts = self.eval_prompts = None
         if ppo.kl_controller == "adaptive":
             self.kl_ctl = AdaptiveKLController(ppo.kl_coef, ppo.kl_target, ppo.kl_horizon)
         else:
@@ -72,6 +70,14 @@ class OnlineDriver(Driver):
         self.version = 0  # weights version the rollout engines hold
         self.weight_sync: WeightSync | None = None
         self.engine_restarts: EngineRestarter | None = None
+
+    def read_data(self) -> tuple[EpochSampler, int]:
+        """The prompts of data.train (and data.eval); a sampler of rollout_batch_size prompts, algorithm.ppo.num_steps."""
+        cfg, ppo = self.cfg, self.ppo
+        self.tokenizer = load_tokenizer(cfg.model.policy)
+        self.prompts = load_prompt_dataset(cfg.data.train, self.tokenizer, cfg.data)
+        self.eval_prompts = load_prompt_dataset(cfg.data.eval, self.tokenizer, cfg.data) if cfg.data.eval else None
+        return EpochSampler(len(self.prompts), ppo.rollout_batch_size, cfg.trainer.seed, cfg.data.shuffle), ppo.num_steps
 
     # -- roles --------------------------------------------------------------------------------------
     def create_roles(self) -> dict[str, WorkerGroup]:

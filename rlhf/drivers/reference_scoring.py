@@ -63,7 +63,7 @@ class ReferenceScoringDriver(OfflineDriver):
 
     def create_roles(self) -> dict[str, WorkerGroup]:
         cfg = self.cfg
-        groups = {"policy": self.start_group(PolicyTrainer, cfg, self.total_steps, role="policy", pool="policy")}
+        groups = {"policy": self.start_group(PolicyTrainer, cfg, role="policy", pool="policy")}
         if "reference" in active_roles(cfg):
             groups["reference"] = self.start_group(ReferenceWorker, cfg, role="reference", pool="reference")
         return groups

@@ -58,7 +58,7 @@ class RMDriver(OfflineDriver):
 
     def create_roles(self) -> dict[str, WorkerGroup]:
         # The trained model is the plan's "policy" (cluster.active_roles): its pool and resources.
-        group = self.start_group(RewardTrainer, self.cfg, None, self.total_steps, role="reward", pool="policy")
+        group = self.start_group(RewardTrainer, self.cfg, role="reward", pool="policy")
         return {"reward": group}
 
     def train_step(self, indices: list[int]) -> dict[str, float]:

@@ -1,11 +1,13 @@
 """Where start-up time goes: the phases from the process's start to the end of the first step.
 
 A run marks each phase as it ends (`StartupClock.mark`): Python and imports (from the process's
-start, when the clock starts there), joining or starting Ray, the driver's set-up (tokenizer and
-data), starting the roles (placement, actor start-up, process groups, model loading), preparing
-(resume, `before_training`, the metrics logger) and the first step. The summary prints one line of
-them and the first step's metrics row carries ``time/startup`` (process start to the first step's
-start) and ``time/to_first_step`` (to its end), so a slow start shows where it went.
+start, when the clock starts there, to the driver's modules imported), joining or starting Ray,
+the placement groups, the driver reading its data (tokenizer and data) while the roles' actors
+start, the rest of the roles' start (actor start-up and model loading not yet done, process
+groups, DeepSpeed engines), preparing (resume, `before_training`, the metrics logger) and the first
+step. The summary prints one line of them and the first step's metrics row carries
+``time/startup`` (process start to the first step's start) and ``time/to_first_step`` (to its end),
+so a slow start shows where it went.
 """
 
 from __future__ import annotations

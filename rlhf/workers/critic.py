@@ -22,11 +22,11 @@ class CriticTrainer(TrainerBase):
     role = "critic"
     stat_prefix = "value"
 
-    def __init__(self, cfg: RLHFConfig, model_path: str | None = None, total_steps: int | None = None):
+    def __init__(self, cfg: RLHFConfig, model_path: str | None = None):
         path = model_path or cfg.model.critic or cfg.model.reward
         if not path:
             raise ValueError("critic: no model path (set model.critic or model.reward)")
-        super().__init__(cfg, path, total_steps)
+        super().__init__(cfg, path)
 
     def _load_model(self, path: str):
         return load_value_model(path, self.cfg.model.dtype, self.cfg.model.gradient_checkpointing)

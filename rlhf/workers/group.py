@@ -224,15 +224,16 @@ class WorkerGroup:
         raise TypeError(f"cannot concatenate results of type {type(first).__name__}")
 
     # -- process group ------------------------------------------------------------------------------
-    def setup_distributed(self) -> None:
-        """Rank 0 picks the rendezvous address; then every actor joins (and builds its engine) at once."""
-        self.setup_distributed_async().wait()
+    def setup_distributed(self, **kwargs) -> None:
+        """Rank 0 picks the rendezvous address; then every actor joins (and builds its engine) at once.
+        ``kwargs`` go to every actor's ``setup_distributed`` (e.g. a trainer's total_steps)."""
+        self.setup_distributed_async(**kwargs).wait()
 
-    def setup_distributed_async(self) -> PendingCall:
+    def setup_distributed_async(self, **kwargs) -> PendingCall:
         """`setup_distributed` submitted: other roles can build their engines meanwhile; `wait()` bounds it."""
         addr, port = self._wait([self._submit(0, "master_address")], "master_address", [0], self.startup_timeout_s)[0]
         world = len(self.actors)
-        refs = [self._submit(rank, "setup_distributed", addr, port, rank, world) for rank in range(world)]
+        refs = [self._submit(rank, "setup_distributed", addr, port, rank, world, **kwargs) for rank in range(world)]
         return PendingCall(self, refs, "setup_distributed", list(range(world)), self.startup_timeout_s)
 
     def wait_ready(self) -> None:

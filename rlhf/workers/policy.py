@@ -34,9 +34,9 @@ class PolicyTrainer(TrainerBase):
     role = "policy"
     stat_prefix = "policy"
 
-    def __init__(self, cfg: RLHFConfig, total_steps: int | None = None):
+    def __init__(self, cfg: RLHFConfig):
         self._transport = None
-        super().__init__(cfg, cfg.model.policy, total_steps)
+        super().__init__(cfg, cfg.model.policy)
 
     def _load_model(self, path: str):
         model_cfg = self.cfg.model

@@ -38,8 +38,8 @@ class RewardTrainer(TrainerBase):
     role = "reward"
     stat_prefix = "reward"
 
-    def __init__(self, cfg: RLHFConfig, model_path: str | None = None, total_steps: int | None = None):
-        super().__init__(cfg, model_path or cfg.model.policy, total_steps)
+    def __init__(self, cfg: RLHFConfig, model_path: str | None = None):
+        super().__init__(cfg, model_path or cfg.model.policy)
 
     def _load_model(self, path: str):
         return load_reward_model(path, self.cfg.model.dtype, self.cfg.model.gradient_checkpointing)

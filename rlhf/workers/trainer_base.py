@@ -2,9 +2,9 @@
 
 One Ray actor is one data-parallel rank. The life of a trainer actor:
 
-    actor = TrainerClass(cfg, ...)                 # loads the model on the CPU
+    actor = TrainerClass(cfg, ...)                 # loads the model on the CPU (needs no data: starts while the driver reads it)
     actor.master_address()                         # rank 0 only: (ip, free port)
-    actor.setup_distributed(addr, port, rank, n)   # all ranks at once: process group + DeepSpeed engine
+    actor.setup_distributed(addr, port, rank, n, total_steps)  # all ranks at once: process group + DeepSpeed engine
     actor.<role methods>                           # scoring passes and optimizer steps, driven by the driver
 
 `_train_on(minibatch, count_fn, loss_fn)` is one optimizer step over this rank's shard of a
@@ -105,14 +105,14 @@ class TrainerBase(RoleWorker):
     role = "trainer"  # the role name, in messages
     stat_prefix = "trainer"  # metric names: "<stat_prefix>/loss", ...
 
-    def __init__(self, cfg: RLHFConfig, model_path: str, total_steps: int | None = None):
+    def __init__(self, cfg: RLHFConfig, model_path: str):
         match_cpu_share()
         self.cfg = cfg
         self.model_path = model_path
         self.device = device_for(cfg)
         self.rank, self.world_size = 0, 1
         self.engine = None
-        self.total_steps = total_steps if total_steps is not None else self._default_total_steps()
+        self.total_steps: int | None = None  # of the lr schedule, given at `setup_distributed`
         set_seed(cfg.trainer.seed)
         self.tokenizer = load_tokenizer(model_path, cfg.data.chat_template)  # saved with every checkpoint
         self.model = self._load_model(model_path)
@@ -138,10 +138,16 @@ class TrainerBase(RoleWorker):
         """Rank 0: where the other ranks find it (this node's IP and a free port)."""
         return node_ip(), free_port()
 
-    def setup_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int) -> None:
-        """Join the role's process group and build the DeepSpeed engine (every rank calls this at once)."""
+    def setup_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int,
+                          total_steps: int | None = None) -> None:
+        """Join the role's process group and build the DeepSpeed engine (every rank calls this at once).
+
+        total_steps: optimizer steps in the whole run, for decaying lr schedules; known to the driver once it
+        has read its data (offline: from the data's size). None: the algorithm's registry entry's count.
+        """
         init_distributed(master_addr, master_port, rank, world_size, self.device, self.cfg.resources.call_timeout_s)
         self.rank, self.world_size = rank, world_size
+        self.total_steps = total_steps if total_steps is not None else self._default_total_steps()
         self._build_engine()
 
     def _build_engine(self) -> None:

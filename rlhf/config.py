@@ -185,9 +185,11 @@ class DPOConfig(Section):
     nll_coef: float = Field(0.0, ge=0, description="Weight of an NLL term on the chosen response (RPO).")
     precompute_ref_logprobs: bool = Field(
         True,
-        description="Score every pair with the reference once before the first step (saved in <output_dir>/"
-        "reference_logprobs.safetensors for resumes). With the initial policy as reference no reference actor starts: "
-        "the policy scores the pairs itself. false: a live reference actor scores each step's pairs.",
+        description="Score the pairs the run's steps will visit (all of them over whole epochs; fewer when trainer."
+        "max_steps ends the run earlier) and the eval pairs with the reference once before the first step (saved in "
+        "<output_dir>/reference_logprobs.safetensors for resumes, which score the pairs they add). With the initial "
+        "policy as reference no reference actor starts: the policy scores the pairs itself. false: a live reference "
+        "actor scores each step's pairs.",
     )
 
 
@@ -200,8 +202,9 @@ class KTOConfig(Section):
     undesirable_weight: float = Field(1.0, gt=0, description="lambda_U, the weight of undesirable examples' losses.")
     precompute_ref_logprobs: bool = Field(
         True,
-        description="Score every example and its mismatched KL row with the reference once before the first step (saved "
-        "in <output_dir>/reference_logprobs.safetensors for resumes); as algorithm.dpo.precompute_ref_logprobs.",
+        description="Score the examples the run's steps will visit and their mismatched KL rows with the reference once "
+        "before the first step (saved in <output_dir>/reference_logprobs.safetensors for resumes); as "
+        "algorithm.dpo.precompute_ref_logprobs.",
     )
 
 

@@ -58,3 +58,16 @@ def test_resume_with_other_settings_is_refused():
         EpochSampler(10, 2, seed=7).load_state_dict(state)
     with pytest.raises(ValueError, match="seed=7"):
         EpochSampler(9, 2, seed=8).load_state_dict(state)
+
+
+def test_visited_indices_are_the_rows_the_first_steps_take():
+    sampler = EpochSampler(9, 2, seed=7)  # 4 batches per epoch, one index left out of each epoch
+    batches = take(EpochSampler(9, 2, seed=7), 6)
+    assert sampler.visited_indices(3).tolist() == sorted(itertools.chain(*batches[:3]))  # a prefix of epoch 0: 6 rows
+    assert sampler.visited_indices(6).tolist() == sorted(set(itertools.chain(*batches)))  # epoch 0, half of epoch 1
+    assert (sampler.epoch, sampler.position) == (0, 0)  # the sampler did not move
+    assert sampler.visited_indices(40).tolist() == list(range(9))  # later epochs leave other indices out
+    # Unshuffled, every epoch leaves the same last index out; without drop_last it is the short last batch.
+    assert EpochSampler(5, 2, shuffle=False).visited_indices(1).tolist() == [0, 1]
+    assert EpochSampler(5, 2, shuffle=False).visited_indices(100).tolist() == [0, 1, 2, 3]
+    assert EpochSampler(5, 2, shuffle=False, drop_last=False).visited_indices(3).tolist() == [0, 1, 2, 3, 4]

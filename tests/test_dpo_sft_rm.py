@@ -13,8 +13,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from rlhf.config import load_config
 from rlhf.data.collate import collate_preference, pairs_as_rows
@@ -98,17 +100,28 @@ def test_dpo_raises_held_out_preference_accuracy(dpo_live, tiny_assets, capsys):
     assert "preference/accuracy" in capsys.readouterr().out
 
 
+def first_batches(seed: int, n: int, batch: int, steps: int) -> list[int]:
+    """The training rows the first ``steps`` batches of epoch 0 take: its seeded permutation's first steps*batch."""
+    return sorted(np.random.default_rng([seed, 0]).permutation(n)[: steps * batch].tolist())
+
+
 @pytest.mark.slow
 def test_dpo_precomputed_reference_gives_the_live_step(dpo_live, tiny_assets_dir, tmp_path):
     _, live = dpo_live
     from rlhf.drivers.dpo import DPODriver
+    from rlhf.drivers.reference_scoring import REFERENCE_CACHE
 
     out = tmp_path / "pre"
     overrides = ("resources.policy.num_actors=2", "trainer.micro_batch_size=16", "resources.policy.cpus_per_actor=0.5",
                  "algorithm.dpo.precompute_ref_logprobs=true")
     driver = DPODriver(tiny_config("dpo", tiny_assets_dir, out, *overrides, "trainer.max_steps=1"))
     history = driver.run()["history"]
-    assert driver.train_ref.shape == (len(driver.train_data), 2) and driver.eval_ref.shape == (len(driver.eval_data), 2)
+    # One step of 32 of the 320 pairs (seed 1): only its pairs are scored; the others hold NaN. The eval set is whole.
+    step_1 = first_batches(seed=1, n=320, batch=32, steps=1)
+    assert driver.train_scored.nonzero().flatten().tolist() == step_1
+    assert load_file(str(out / REFERENCE_CACHE))["train_scored"].nonzero().flatten().tolist() == step_1
+    assert driver.train_ref[step_1].isfinite().all() and driver.train_ref.isnan().sum() == 2 * (320 - 32)
+    assert driver.eval_ref.shape == (len(driver.eval_data), 2) and driver.eval_ref.isfinite().all()
     # The reference is the initial policy: the policy scored the pairs before its first update, no reference actor ran.
     assert set(json.loads((out / "placement.json").read_text())) == {"policy"}
     live_step, pre_step = live["history"][1], history[1]
@@ -117,11 +130,48 @@ def test_dpo_precomputed_reference_gives_the_live_step(dpo_live, tiny_assets_dir
         assert pre_step[key] == pytest.approx(live_step[key], rel=1e-5, abs=1e-6), key
     assert history[0]["eval/loss"] == pytest.approx(live["history"][0]["eval/loss"], rel=1e-6)
 
-    # A resumed run reads the saved reference logprobs back: the resumed policy is no longer the reference.
-    first_ref = driver.train_ref
+    # A resumed run with one step more reads the first run's logprobs back and scores step 2's new pairs, before the
+    # checkpoint replaces the initial policy's weights; its step 2 is the uninterrupted live run's.
+    first_ref = driver.train_ref.clone()
     resumed = DPODriver(tiny_config("dpo", tiny_assets_dir, out, *overrides, "trainer.max_steps=2"))
-    assert [row["step"] for row in resumed.run()["history"]] == [0, 1, 2]  # the first run's rows, then step 2
-    assert torch.equal(resumed.train_ref, first_ref)
+    resumed_history = resumed.run()["history"]
+    assert [row["step"] for row in resumed_history] == [0, 1, 2]  # the first run's rows, then step 2
+    assert resumed.train_scored.nonzero().flatten().tolist() == first_batches(seed=1, n=320, batch=32, steps=2)
+    assert torch.equal(resumed.train_ref[step_1], first_ref[step_1])
+    for key in ("loss", "logps/chosen", "logps/rejected", "rewards/margins"):
+        assert resumed_history[2][key] == pytest.approx(live["history"][2][key], rel=1e-5, abs=1e-6), key
+
+
+def test_reference_cache_without_a_mask_holds_every_row(tiny_assets_dir, tmp_path):
+    from rlhf.drivers.dpo import DPODriver
+    from rlhf.drivers.reference_scoring import REFERENCE_CACHE
+
+    driver = DPODriver(tiny_config("dpo", tiny_assets_dir, tmp_path, "trainer.max_steps=1"))
+    cache = tmp_path / REFERENCE_CACHE
+    old = {"train": torch.arange(640.0).view(320, 2), "eval": torch.zeros(40, 2)}  # the format before the mask
+    save_file(old, str(cache), metadata={"fingerprint": driver._reference_fingerprint()})
+    written = cache.stat().st_mtime_ns
+    driver.precompute_reference()  # every row is cached: nothing to score, no actor needed, the file is kept
+    assert driver.train_scored.all() and torch.equal(driver.train_ref, old["train"])
+    assert cache.stat().st_mtime_ns == written
+    assert torch.equal(driver.precomputed_reference([5, 0]), torch.tensor([[10.0, 11.0], [0.0, 1.0]]))
+
+
+def test_a_row_the_precompute_skipped_is_never_trained_on(tiny_assets_dir, tmp_path):
+    from rlhf.drivers.dpo import DPODriver
+    from rlhf.drivers.reference_scoring import REFERENCE_CACHE
+
+    driver = DPODriver(tiny_config("dpo", tiny_assets_dir, tmp_path, "trainer.max_steps=1"))
+    scored = torch.zeros(320, dtype=torch.bool)
+    scored[:2] = True
+    train = torch.full((320, 2), float("nan"))
+    train[:2] = 1.0
+    save_file({"train": train, "train_scored": scored, "eval": torch.zeros(40, 2)}, str(tmp_path / REFERENCE_CACHE),
+              metadata={"fingerprint": driver._reference_fingerprint()})
+    assert driver._load_reference_cache(tmp_path / REFERENCE_CACHE)
+    assert torch.equal(driver.precomputed_reference([1, 0]), torch.ones(2, 2))
+    with pytest.raises(RuntimeError, match=r"training rows \[2, 7\] were not precomputed"):
+        driver.precomputed_reference([0, 2, 7])
 
 
 @pytest.mark.slow

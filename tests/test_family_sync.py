@@ -1,4 +1,4 @@
-"""Tied embeddings through weight sync, on every tiny model family: what the trainer exports (a tied
+"""Generation and tied embeddings through weight sync, on every tiny model family: what the trainer exports (a tied
 parameter once), what both rollout backends load (rollout logprobs = the trainer's recomputation
 within 1e-3 after a sync), and the merged model rebuilt from an export."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import ray
 import torch
-from test_rollout import TOLERANCE, Publisher, load_policy, max_logprob_diff, rollout_config, tiny_prompts
+from test_rollout import TOLERANCE, Publisher, check_batch, load_policy, max_logprob_diff, rollout_config, tiny_prompts
 
 from rlhf.models.saving import export_merged_state_dict, merged_model
 from rlhf.workers.rollout import RolloutEngine
@@ -55,15 +55,25 @@ def test_hf_backend_syncs_every_family(family_assets, ray_session):
 
 
 @pytest.mark.slow
-def test_vllm_syncs_every_family(family_assets, ray_session):
+def test_vllm_generates_and_syncs_every_family(family_assets, ray_session):
+    """One vLLM engine per family (each start costs ~10 s here): chat-template prompts sample well-formed
+    batches that stop on the family's EOS set, then a sync makes it sample with the trainer's weights."""
+    from test_tiny_families import TRAITS
     from transformers import AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(family_assets["policy"])
     engine = ray.remote(num_cpus=1)(RolloutEngine).remote(rollout_config(family_assets, "vllm"), family_assets["policy"])
     try:
         def call(method, *args, **kwargs):
             return ray.get(getattr(engine, method).remote(*args, **kwargs))
 
-        diff = sync_exported_and_check(call, family_assets, AutoTokenizer.from_pretrained(family_assets["policy"]))
+        chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"] for p in ("3+4=", "12+7=? please", "9")]
+        eos_ids, pad_id = ray.get(engine.__ray_call__.remote(lambda self: (self.eos_ids, self.pad_id)))
+        assert len(eos_ids) == TRAITS[family_assets["family"]]["n_eos"]
+        check_batch(call("generate", chats, 0, samples_per_prompt=2), chats, 2, eos_ids, pad_id)
+
+        diff = sync_exported_and_check(call, family_assets, tokenizer)
         print(f"{family_assets['family']}: vLLM rollout vs trainer after sync {diff:.2e}")
     finally:
         ray.kill(engine)

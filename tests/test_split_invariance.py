@@ -1,7 +1,8 @@
 """One optimizer step gives the same update however its batch is split (issue 9), on every tiny model
 family: the whole batch in one
 micro-batch on one actor, micro-batches of 1 on one actor, micro-batches of 1 on 2 data-parallel
-DeepSpeed ranks (gloo), and token-budget micro-batches (trainer.micro_batch_tokens, issue 14) on 2 ranks,
+DeepSpeed ranks (gloo), and token-budget micro-batches (trainer.micro_batch_tokens, issue 14) on 2 ranks
+(the real-model-shaped families: the whole batch against the token-budget split, `splits_for`),
 for the PPO policy (every policy-loss option on), the critic, SFT, DPO with an NLL term and KTO (a
 fixed reference point, as the driver computes it for the whole step). The rows have unequal response
 lengths, so a loss averaged per micro-batch would differ.
@@ -36,7 +37,7 @@ from rlhf.workers.group import WorkerGroup
 from rlhf.workers.policy import PolicyTrainer
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-pytestmark = pytest.mark.slow  # starts 12 DeepSpeed actors (about 2 min on 2 cores)
+pytestmark = pytest.mark.slow  # starts 6 DeepSpeed actors per test on the char family, 3 on the others
 
 ROWS = 4
 TOKEN_BUDGET = "token budget, 2 actors"
@@ -45,6 +46,16 @@ SPLITS = {
     "whole batch, 1 actor": (1, ROWS), "micro-batch 1, 1 actor": (1, 1), "micro-batch 1, 2 actors": (2, 1),
     TOKEN_BUDGET: (2, 2),
 }
+# The char family runs every split. The real-model-shaped families run the reference against the token-budget
+# split only: it combines the other two (micro-batches within a rank, rows across 2 ranks) and adds trimming,
+# and each actor costs ~6 s of start-up on 2 cores (suite time, issue 13).
+ALL_FAMILIES_SPLITS = ("whole batch, 1 actor", TOKEN_BUDGET)
+
+
+def splits_for(family: str) -> dict[str, tuple[int, int]]:
+    return SPLITS if family == "char" else {name: SPLITS[name] for name in ALL_FAMILIES_SPLITS}
+
+
 PROMPTS = ["3+4=", "1+1=", "9+8=", "0+5="]
 RESPONSES = ["7", "2 is the sum", "17, that is the answer", "five, I think, or maybe six"]  # unequal lengths in every family
 REJECTED = ["6", "3", "71 or so", "4"]
@@ -124,7 +135,7 @@ def token_budget(batches) -> int:
 
 def start_groups(actor_cls, role: str, assets, budget: int, *args) -> dict[str, WorkerGroup]:
     groups = {}
-    for name, (actors, micro) in SPLITS.items():
+    for name, (actors, micro) in splits_for(assets["family"]).items():
         cfg = make_config(assets, actors, micro, budget if name == TOKEN_BUDGET else None)
         groups[name] = WorkerGroup(actor_cls, role, actors, {"num_cpus": 0.5}, init_args=(cfg, *args), call_timeout_s=300)
     for group in groups.values():

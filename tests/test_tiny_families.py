@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -110,22 +109,3 @@ def test_family_build_is_deterministic_and_from_the_cli(family_assets, tmp_path)
     # Another family asked for the same directory rebuilds it rather than reusing a wrong build.
     build_tiny_assets(out, family="char")
     assert "family" not in json.loads((out / "manifest.json").read_text())
-
-
-@pytest.mark.slow
-def test_family_generates_with_vllm(family_assets, ray_session):
-    from test_rollout import check_batch, rollout_config
-    from rlhf.workers.rollout import RolloutEngine
-
-    tok = AutoTokenizer.from_pretrained(family_assets["policy"])
-    prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True,
-                                       return_dict=True)["input_ids"] for p in ("3+4=", "12+7=? please", "9")]
-    cfg = rollout_config(family_assets, "vllm")
-    engine = ray.remote(num_cpus=1)(RolloutEngine).remote(cfg, family_assets["policy"])
-    try:
-        eos_ids, pad_id = ray.get(engine.__ray_call__.remote(lambda self: (self.eos_ids, self.pad_id)))
-        assert len(eos_ids) == TRAITS[family_assets["family"]]["n_eos"]
-        batch = ray.get(engine.generate.remote(prompts, 0, samples_per_prompt=2))
-        check_batch(batch, prompts, 2, eos_ids, pad_id)
-    finally:
-        ray.kill(engine)

@@ -450,3 +450,20 @@ def test_group_reports_failed_constructor(ray_session):
     group = WorkerGroup(BrokenInit, "reward", 1, {"num_cpus": 0.1}, call_timeout_s=60)
     with pytest.raises(RoleDiedError, match=r"reward actor 0 died during __init__: .*FileNotFoundError: no model at /nowhere"):
         group.wait_ready()
+
+
+def test_deepspeed_builds_its_cpu_op_with_this_environments_ninja(monkeypatch):
+    """Whatever PATH a process starts with (a shell without the venv, a Ray job with it), the shm op is
+    built by the same ninja, so its cached build is reused instead of rebuilt (distributed.py's docstring)."""
+    import shutil
+
+    from rlhf.workers.distributed import use_environment_ninja
+
+    own = os.path.join(os.path.dirname(sys.executable), "ninja")
+    if not os.path.exists(own):
+        pytest.skip("this environment installs no ninja of its own")
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin"]))
+    use_environment_ninja()
+    use_environment_ninja()
+    assert shutil.which("ninja") == own
+    assert os.environ["PATH"].split(os.pathsep) == [os.path.dirname(sys.executable), "/usr/bin", "/bin"]

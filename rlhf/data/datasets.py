@@ -14,6 +14,7 @@ examples are kept (reading stops there); for an eval set pass
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -201,6 +202,18 @@ class EpochSampler:
         if not self.shuffle:
             return np.arange(self.n)
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def visited_indices(self, steps: int) -> np.ndarray:
+        """The distinct indices (ascending) of the first ``steps`` batches from the start of epoch 0, without
+        moving the sampler: every index once the batches cover it, the visited prefix of a last partial epoch."""
+        seen = np.zeros(self.n, dtype=bool)
+        for epoch in itertools.count():
+            if steps <= 0 or seen.all() or (epoch > 0 and not self.shuffle):  # unshuffled epochs all repeat epoch 0
+                break
+            take = min(steps, self.batches_per_epoch)
+            seen[self.epoch_order(epoch)[: take * self.batch_size]] = True
+            steps -= take
+        return np.flatnonzero(seen)
 
     def __iter__(self) -> "EpochSampler":
         return self

@@ -39,10 +39,10 @@ class DPODriver(ReferenceScoringDriver):
         return load_splits(self.cfg, self.tokenizer, load_preference_dataset)
 
     # -- scoring pairs ------------------------------------------------------------------------------
-    def reference_logprobs(self, examples) -> torch.Tensor:
-        """[N, 2]: the reference's (chosen, rejected) sequence logprobs of every pair in ``examples``."""
-        return torch.cat([self._pair_logprobs(collate_preference(chunk, self.pad_id), reference=True)
-                          for chunk in chunks(examples, self.eval_batch_size)])
+    def reference_logprobs(self, examples, indices) -> torch.Tensor:
+        """[len(indices), 2]: the reference's (chosen, rejected) sequence logprobs of the pairs ``examples[indices]``."""
+        return torch.cat([self._pair_logprobs(collate_preference([examples[i] for i in chunk], self.pad_id), reference=True)
+                          for chunk in chunks(indices, self.eval_batch_size)])
 
     def _pair_logprobs(self, batch: dict, reference: bool) -> torch.Tensor:
         """[B, 2] sequence logprobs of a preference batch (as the loss type uses them: `preference_logps`),
@@ -55,7 +55,9 @@ class DPODriver(ReferenceScoringDriver):
     def train_step(self, indices: list[int]) -> dict[str, float]:
         start = time.time()
         batch = collate_preference([self.train_data[i] for i in indices], self.pad_id)
-        ref = self.train_ref[indices] if self.train_ref is not None else self._pair_logprobs(batch, reference=True)
+        ref = self.precomputed_reference(indices)
+        if ref is None:
+            ref = self._pair_logprobs(batch, reference=True)
         batch["ref_chosen_logps"], batch["ref_rejected_logps"] = ref[:, 0].contiguous(), ref[:, 1].contiguous()
         stats = self.trainer.scatter("dpo_step", batch)[0]  # already averaged over micro-batches and ranks
         seconds = time.time() - start
@@ -63,7 +65,7 @@ class DPODriver(ReferenceScoringDriver):
 
     def evaluate(self) -> dict[str, float]:
         if self.eval_ref is None:
-            self.eval_ref = self.reference_logprobs(self.eval_data)
+            self.eval_ref = self.reference_logprobs(self.eval_data, range(len(self.eval_data)))
         policy = torch.cat([self._pair_logprobs(collate_preference(chunk, self.pad_id), reference=False)
                             for chunk in self.eval_batches()])
         losses, chosen, rejected = dpo_loss(

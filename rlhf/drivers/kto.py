@@ -63,11 +63,11 @@ class KTODriver(ReferenceScoringDriver):
         return {"algorithm": "kto"}  # per example: (completion, mismatched KL row)
 
     # -- scoring ------------------------------------------------------------------------------------
-    def reference_logprobs(self, examples) -> torch.Tensor:
-        """[N, 2]: the reference's logprobs of every example's completion and of its mismatched KL row."""
+    def reference_logprobs(self, examples, indices) -> torch.Tensor:
+        """[len(indices), 2]: the reference's logprobs of each example's completion and of its mismatched KL row."""
         partners = self.train_partners if examples is self.train_data else self.eval_partners
         return torch.cat([self._logprobs(examples, chunk, partners, reference=True)
-                          for chunk in chunks(range(len(examples)), self.eval_batch_size)])
+                          for chunk in chunks(indices, self.eval_batch_size)])
 
     def _rows(self, examples, indices: list[int], partners: list[int]) -> tuple[dict, dict]:
         """The collated rows of ``examples[indices]``: their own (prompt, completion), and their KL rows."""
@@ -83,8 +83,9 @@ class KTODriver(ReferenceScoringDriver):
     # -- the step and the eval ----------------------------------------------------------------------
     def train_step(self, indices: list[int]) -> dict[str, float]:
         start = time.time()
-        ref = (self.train_ref[indices] if self.train_ref is not None
-               else self._logprobs(self.train_data, indices, self.train_partners, reference=True))
+        ref = self.precomputed_reference(indices)
+        if ref is None:
+            ref = self._logprobs(self.train_data, indices, self.train_partners, reference=True)
         _, kl_rows = self._rows(self.train_data, indices, self.train_partners)
         z_ref = kto_reference_point(self.sequence_logprobs(kl_rows, reference=False), ref[:, 1]).item()
         batch = collate_unpaired([self.train_data[i] for i in indices], self.pad_id)
@@ -95,7 +96,7 @@ class KTODriver(ReferenceScoringDriver):
 
     def evaluate(self) -> dict[str, float]:
         if self.eval_ref is None:
-            self.eval_ref = self.reference_logprobs(self.eval_data)
+            self.eval_ref = self.reference_logprobs(self.eval_data, range(len(self.eval_data)))
         policy = torch.cat([self._logprobs(self.eval_data, chunk, self.eval_partners, reference=False)
                             for chunk in chunks(range(len(self.eval_data)), self.eval_batch_size)])
         z_ref = kto_reference_point(policy[:, 1], self.eval_ref[:, 1])

@@ -147,6 +147,7 @@ def test_reference_cache_without_a_mask_holds_every_row(tiny_assets_dir, tmp_pat
     from rlhf.drivers.reference_scoring import REFERENCE_CACHE
 
     driver = DPODriver(tiny_config("dpo", tiny_assets_dir, tmp_path, "trainer.max_steps=1"))
+    driver.sampler, driver.total_steps = driver.read_data()  # what `Driver.run` does while the actors start
     cache = tmp_path / REFERENCE_CACHE
     old = {"train": torch.arange(640.0).view(320, 2), "eval": torch.zeros(40, 2)}  # the format before the mask
     save_file(old, str(cache), metadata={"fingerprint": driver._reference_fingerprint()})
@@ -162,6 +163,7 @@ def test_a_row_the_precompute_skipped_is_never_trained_on(tiny_assets_dir, tmp_p
     from rlhf.drivers.reference_scoring import REFERENCE_CACHE
 
     driver = DPODriver(tiny_config("dpo", tiny_assets_dir, tmp_path, "trainer.max_steps=1"))
+    driver.sampler, driver.total_steps = driver.read_data()  # what `Driver.run` does while the actors start
     scored = torch.zeros(320, dtype=torch.bool)
     scored[:2] = True
     train = torch.full((320, 2), float("nan"))

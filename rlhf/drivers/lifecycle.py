@@ -101,6 +101,9 @@ class Driver:
     def load_extra_state(self, state: dict) -> None:
         """Restore what `extra_state` saved (``state`` is the whole driver state)."""
 
+    def before_resume(self) -> None:
+        """After the roles are up, before a checkpoint (if any) replaces their initial state."""
+
     def after_resume(self) -> None:
         """After the roles' state is restored from a checkpoint."""
 
@@ -140,6 +143,7 @@ class Driver:
             self.start_roles()
             write_placement(list(self.groups.values()), out)
             startup.mark("roles")
+            self.before_resume()
             self._maybe_resume()
             self.before_training()
             metrics = MetricsLogger(cfg, self.total_steps, self.step)

@@ -75,10 +75,9 @@ class ReferenceScoringDriver(OfflineDriver):
             groups["reference"] = self.start_group(ReferenceWorker, cfg, role="reference", pool="reference")
         return groups
 
-    def _maybe_resume(self) -> None:
+    def before_resume(self) -> None:
         # Before the checkpoint's weights replace the initial policy's, which may be the reference that scores.
         self.precompute_reference()
-        super()._maybe_resume()
 
     def precompute_reference(self) -> None:
         """Score the training rows the run's steps visit and the eval set, reusing <output_dir>'s cache; then end the

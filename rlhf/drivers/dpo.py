@@ -64,12 +64,11 @@ class DPODriver(ReferenceScoringDriver):
         return {**stats, "time/step": seconds, "throughput/pairs_per_s": len(indices) / seconds}
 
     def evaluate(self) -> dict[str, float]:
-        if self.eval_ref is None:
-            self.eval_ref = self.reference_logprobs(self.eval_data, range(len(self.eval_data)))
+        ref = self.eval_reference()
         policy = torch.cat([self._pair_logprobs(collate_preference(chunk, self.pad_id), reference=False)
                             for chunk in self.eval_batches()])
         losses, chosen, rejected = dpo_loss(
-            policy[:, 0], policy[:, 1], self.eval_ref[:, 0], self.eval_ref[:, 1],
+            policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1],
             beta=self.dpo.beta, loss_type=self.dpo.loss_type, label_smoothing=self.dpo.label_smoothing,
         )
         return {

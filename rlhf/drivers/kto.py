@@ -95,13 +95,12 @@ class KTODriver(ReferenceScoringDriver):
         return {**stats, "kl": z_ref, "time/step": seconds, "throughput/examples_per_s": len(indices) / seconds}
 
     def evaluate(self) -> dict[str, float]:
-        if self.eval_ref is None:
-            self.eval_ref = self.reference_logprobs(self.eval_data, range(len(self.eval_data)))
+        ref = self.eval_reference()
         policy = torch.cat([self._logprobs(self.eval_data, chunk, self.eval_partners, reference=False)
                             for chunk in chunks(range(len(self.eval_data)), self.eval_batch_size)])
-        z_ref = kto_reference_point(policy[:, 1], self.eval_ref[:, 1])
+        z_ref = kto_reference_point(policy[:, 1], ref[:, 1])
         desirable = torch.tensor([e.desirable for e in self.eval_data], dtype=torch.bool)
-        losses, rewards = kto_loss(policy[:, 0], self.eval_ref[:, 0], desirable, z_ref, beta=self.kto.beta,
+        losses, rewards = kto_loss(policy[:, 0], ref[:, 0], desirable, z_ref, beta=self.kto.beta,
                                    desirable_weight=self.kto.desirable_weight, undesirable_weight=self.kto.undesirable_weight)
         stats = kto_stats(losses, rewards, policy[:, 0], desirable)
         return {"eval/kl": z_ref.item(), **{f"eval/{k}": v.item() for k, v in stats.items()}}

@@ -42,7 +42,6 @@ from rlhf.drivers.console import log_dir
 from rlhf.drivers.metrics import MetricsLogger
 from rlhf.drivers.preemption import Preempted, PreemptionGuard
 from rlhf.drivers.startup import StartupClock
-from rlhf.registry import get_algorithm
 from rlhf.report import update_report
 from rlhf.workers.faults import FaultInjector
 from rlhf.workers.group import WorkerError, WorkerGroup
@@ -82,8 +81,8 @@ class Driver:
 
     def optimizer_steps(self) -> int | None:
         """Optimizer steps of each trained role in the whole run (its lr schedule), once `read_data` ran.
-        Default: the algorithm's registry entry's count (None when unknown)."""
-        return get_algorithm(self.cfg.algorithm.name).optimizer_steps(self.cfg)
+        Default None: each trainer counts them from the config (`TrainerBase._default_total_steps`)."""
+        return None
 
     @property
     def trained(self) -> dict[str, str]:

@@ -95,8 +95,8 @@ class ReferenceScoringDriver(OfflineDriver):
                 self.train_ref = torch.full((len(self.train_data), scores.shape[1]), float("nan"))
                 self.train_scored = torch.zeros(len(self.train_data), dtype=torch.bool)
             self.train_ref[missing], self.train_scored[missing] = scores, True
-        if self.eval_data is not None and self.eval_ref is None:
-            self.eval_ref = self.reference_logprobs(self.eval_data, range(len(self.eval_data)))
+        if self.eval_data is not None:
+            self.eval_reference()
         if not cached or len(missing):
             tensors = {"train": self.train_ref, "train_scored": self.train_scored}
             save_file(tensors if self.eval_ref is None else {**tensors, "eval": self.eval_ref}, str(cache),
@@ -105,6 +105,12 @@ class ReferenceScoringDriver(OfflineDriver):
                  "%.1fs, the rest read from %s", len(visited), self.total_steps, len(self.train_data), len(missing),
                  time.time() - start, cache)
         self.drop_role("reference")
+
+    def eval_reference(self) -> torch.Tensor:
+        """[N_eval, k] reference logprobs of every eval example, scored on first use (or precomputed)."""
+        if self.eval_ref is None:
+            self.eval_ref = self.reference_logprobs(self.eval_data, range(len(self.eval_data)))
+        return self.eval_ref
 
     def precomputed_reference(self, indices: list[int]) -> torch.Tensor | None:
         """[B, k] precomputed reference logprobs of training rows ``indices``; None when they are computed live."""

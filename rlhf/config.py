@@ -398,9 +398,20 @@ class FailAtConfig(Section):
 
 
 class DebugConfig(Section):
-    fail_at: Optional[FailAtConfig] = Field(
-        None, description="Deterministic fault injection for tests and drills: make one actor or the driver fail at an exact step."
+    fail_at: list[FailAtConfig] = Field(
+        default_factory=list,
+        description="Deterministic fault injection for tests and drills: make an actor or the driver fail at an exact step. "
+        "One fault (a mapping) or several (a list of mappings, each firing once), e.g. an engine lost at step 2 and a "
+        "preemption at step 3 of the same run.",
     )
+
+    @field_validator("fail_at", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        """A single mapping (the common case, and what `debug.fail_at.role=...` overrides build) is a list of one."""
+        if value is None:
+            return []
+        return [value] if isinstance(value, dict) else value
 
 
 class RLHFConfig(Section):
@@ -451,32 +462,32 @@ def _check_consistency(cfg: RLHFConfig) -> None:
             raise ValueError(f"resources.{role}.cpus_per_actor: an actor needs CPUs or GPUs, and this role has neither")
     if cfg.rollout.top_k == 0 or cfg.rollout.top_k < -1:
         raise ValueError("rollout.top_k: must be -1 (off) or >= 1")
-    if cfg.debug.fail_at is not None:
-        _check_fail_at(cfg)
+    for index, fail in enumerate(cfg.debug.fail_at):
+        key = f"debug.fail_at[{index}]"
+        _check_fail_at(cfg, fail, key)
         roles = get_algorithm(cfg.algorithm.name).roles(cfg)
-        if cfg.debug.fail_at.role not in ("driver", *roles):
-            raise ValueError(f"debug.fail_at.role: {cfg.algorithm.name} starts no {cfg.debug.fail_at.role} actor here "
+        if fail.role not in ("driver", *roles):
+            raise ValueError(f"{key}.role: {cfg.algorithm.name} starts no {fail.role} actor here "
                              f"(its roles: {', '.join(roles)})")
 
 
-def _check_fail_at(cfg: RLHFConfig) -> None:
-    fail = cfg.debug.fail_at
+def _check_fail_at(cfg: RLHFConfig, fail: FailAtConfig, key: str) -> None:
     if fail.role == "driver":
         if fail.mode == "hang":
-            raise ValueError("debug.fail_at.mode: the driver cannot hang (nothing would time it out); use raise, exit or sigterm")
+            raise ValueError(f"{key}.mode: the driver cannot hang (nothing would time it out); use raise, exit or sigterm")
         if fail.actor != 0:
-            raise ValueError("debug.fail_at.actor: the driver is one process; actor must be 0")
+            raise ValueError(f"{key}.actor: the driver is one process; actor must be 0")
         if fail.method is not None and fail.method not in DRIVER_FAULT_METHODS:
             raise ValueError(
-                f"debug.fail_at.method: driver points are {', '.join(DRIVER_FAULT_METHODS)}, not {fail.method!r}"
+                f"{key}.method: driver points are {', '.join(DRIVER_FAULT_METHODS)}, not {fail.method!r}"
                 f"{_suggest(fail.method, DRIVER_FAULT_METHODS)}"
             )
         return
     if fail.mode == "sigterm":
-        raise ValueError("debug.fail_at.mode: sigterm applies to role driver only")
+        raise ValueError(f"{key}.mode: sigterm applies to role driver only")
     num = cfg.rollout.num_engines if fail.role == "rollout" else getattr(cfg.resources, fail.role).num_actors
     if fail.actor >= num:
-        raise ValueError(f"debug.fail_at.actor: {fail.role} has {num} actor(s), so actor must be < {num}, got {fail.actor}")
+        raise ValueError(f"{key}.actor: {fail.role} has {num} actor(s), so actor must be < {num}, got {fail.actor}")
 
 
 def _suggest(word: str, options) -> str:
@@ -510,8 +521,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    key = ".".join(loc)
+    loc = [str(p) for p in first["loc"] if not isinstance(p, int)]
+    key = _key_name(first["loc"])
     if first["type"] == "extra_forbidden":
         section = _model_at(RLHFConfig, loc[:-1])
         known = list(section.model_fields) if section else []
@@ -524,10 +535,18 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: {key}: {msg}{shown}"
 
 
+def _key_name(loc: tuple) -> str:
+    """A validation error's location as the user's key: list positions in brackets (`debug.fail_at[1].step`)."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
 def _model_at(model: type[BaseModel], path: list[str]):
+    """The section model at a key path (list-valued fields: their item model), or None."""
     for part in path:
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
+        if getattr(annotation, "__origin__", None) is list:
+            annotation = annotation.__args__[0]
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation

@@ -89,7 +89,7 @@ def test_nothing_outside_the_registry_branches_on_the_algorithm_name():
 
 
 def test_a_fault_aimed_at_a_role_the_algorithm_does_not_start_is_refused():
-    with pytest.raises(ValueError, match=r"debug.fail_at.role: grpo starts no critic actor here \(its roles: policy, reference"):
+    with pytest.raises(ValueError, match=r"debug.fail_at\[0\].role: grpo starts no critic actor here \(its roles: policy, reference"):
         RLHFConfig.model_validate({**online("grpo").model_dump(), "debug": {"fail_at": {"role": "critic", "step": 1}}})
 
 

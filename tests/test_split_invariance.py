@@ -3,7 +3,7 @@ family: the whole batch in one
 micro-batch on one actor, micro-batches of 1 on one actor, micro-batches of 1 on 2 data-parallel
 DeepSpeed ranks (gloo), and token-budget micro-batches (trainer.micro_batch_tokens, issue 14) on 2 ranks
 (the real-model-shaped families: the whole batch against the token-budget split, `splits_for`),
-for the PPO policy (every policy-loss option on), the critic, SFT, DPO with an NLL term and KTO (a
+for the PPO policy (every policy-loss option on), the critic (char family), SFT, DPO with an NLL term and KTO (a
 fixed reference point, as the driver computes it for the whole step). The rows have unequal response
 lengths, so a loss averaged per micro-batch would differ.
 The token budget is set so that in the PPO step rank 0 (the two short rows) needs one micro-batch and
@@ -226,6 +226,10 @@ def test_policy_update_does_not_depend_on_the_split(ray_session, family_assets, 
 
 
 def test_critic_update_does_not_depend_on_the_split(ray_session, family_assets, batches, token_budget):
+    # The char family only: the critic shares the loss aggregation, micro-batching and trimming with the policy,
+    # whose test runs on every family with the same backbones; 3 more actors per family cost ~15 s (issue 13).
+    if family_assets["family"] != "char":
+        pytest.skip("the critic's split invariance runs on the char family; the policy's covers every family's backbone")
     groups = start_groups(CriticTrainer, "critic", family_assets, token_budget, family_assets["critic"])
     try:
         assert_same_scores(groups, "values", batches["value_step"])

@@ -1,4 +1,4 @@
-"""Deterministic fault injection (config `debug.fail_at`): one actor, or the driver, fails at an exact step.
+"""Deterministic fault injection (config `debug.fail_at`): an actor, or the driver, fails at an exact step.
 
 The driver tells the `FaultInjector` which step it is on (`injector.step = n`); a `WorkerGroup`
 asks it, for every call it submits, whether this is the chosen call (role, actor, method, step;
@@ -12,8 +12,8 @@ the failure is real for the driver, and the workers know nothing of steps:
 
 Role `driver` targets the driver process at two points, `train_step` (the start of the step) and
 `save_checkpoint` (right after that step's checkpoint is complete): raise, exit (like a killed
-driver: no cleanup, Ray reaps its actors) or sigterm (as a preemption would). A fault fires at
-most once per injector (per run).
+driver: no cleanup, Ray reaps its actors) or sigterm (as a preemption would). Each fault of the
+list fires at most once per injector (per run), so one run can lose an engine and then be preempted.
 """
 
 from __future__ import annotations
@@ -42,54 +42,54 @@ def fail_inside_actor(_actor, mode: str, what: str) -> None:
 
 
 class FaultInjector:
-    """Decides which call fails; `fail_at` None means none ever does."""
+    """Decides which calls fail: each fault of `fail_at` fires once, at its exact call; an empty list, never."""
 
-    def __init__(self, fail_at: FailAtConfig | None):
-        self.fail_at = fail_at
+    def __init__(self, fail_at: list[FailAtConfig]):
+        self.fail_at = list(fail_at)
         self.step = 0
-        self.fired = False
+        self.fired: set[int] = set()  # indices into fail_at
 
-    def _due(self, role: str, actor: int, method: str) -> bool:
-        f = self.fail_at
-        return (
-            f is not None and not self.fired and f.role == role and f.actor == actor and f.step == self.step
-            and (f.method is None or f.method == method)
-        )
+    def _due(self, role: str, actor: int, method: str) -> FailAtConfig | None:
+        for index, f in enumerate(self.fail_at):
+            if (index not in self.fired and f.role == role and f.actor == actor and f.step == self.step
+                    and (f.method is None or f.method == method)):
+                self.fired.add(index)
+                return f
+        return None
 
-    def describe(self, role: str, actor: int, method: str) -> str:
-        return f"injected fault (debug.fail_at): {role} actor {actor} {self.fail_at.mode} in {method} at step {self.step}"
+    def describe(self, fault: FailAtConfig, method: str) -> str:
+        return f"injected fault (debug.fail_at): {fault.role} actor {fault.actor} {fault.mode} in {method} at step {self.step}"
 
     def actor_fault(self, role: str, actor: int, method: str) -> tuple[str, str] | None:
-        """(mode, description) when this call is the chosen one (it then counts as fired), else None."""
-        if not self._due(role, actor, method):
+        """(mode, description) when this call is a chosen one (that fault then counts as fired), else None."""
+        fault = self._due(role, actor, method)
+        if fault is None:
             return None
-        self.fired = True
-        what = self.describe(role, actor, method)
+        what = self.describe(fault, method)
         log.warning("%s", what)
-        return self.fail_at.mode, what
+        return fault.mode, what
 
     def driver_point(self, method: str) -> None:
-        """Called by the driver at its fault points; fails here when this is the chosen one."""
-        if not self._due("driver", 0, method):
+        """Called by the driver at its fault points; fails here when this is a chosen one."""
+        fault = self._due("driver", 0, method)
+        if fault is None:
             return
-        self.fired = True
-        what = self.describe("driver", 0, method)
+        what = self.describe(fault, method)
         log.warning("%s", what)
-        if self.fail_at.mode == "exit":
+        if fault.mode == "exit":
             os._exit(1)
-        if self.fail_at.mode == "sigterm":
+        if fault.mode == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
             return
         raise InjectedFault(what)
 
     def check_methods(self, role: str, actor_cls) -> None:
         """A method name that the role's class lacks would never fire: refuse it (exit 2) before the run."""
-        f = self.fail_at
-        if f is None or f.role != role or f.method is None:
-            return
         cls = getattr(getattr(actor_cls, "__ray_metadata__", None), "modified_class", actor_cls)
-        if not callable(getattr(cls, f.method, None)):
+        for index, f in enumerate(self.fail_at):
+            if f.role != role or f.method is None or callable(getattr(cls, f.method, None)):
+                continue
             names = [n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))]
             raise ConfigError(
-                f"debug.fail_at.method: {role} ({cls.__name__}) has no method {f.method!r}{_suggest(f.method, names)}"
+                f"debug.fail_at[{index}].method: {role} ({cls.__name__}) has no method {f.method!r}{_suggest(f.method, names)}"
             )

@@ -79,6 +79,11 @@ def trainable_names(trainer) -> list[str]:
     return [n for n, p in trainer.module.named_parameters() if p.requires_grad]
 
 
+def inductor_loaded(_trainer) -> bool:
+    """Runs inside an actor: whether anything in its process imported torch's inductor compiler."""
+    return "torch._inductor.compile_fx" in sys.modules
+
+
 def on_actor(group: WorkerGroup, i: int, fn):
     return ray.get(group.actors[i].__ray_call__.remote(fn))
 
@@ -161,6 +166,9 @@ def test_policy_two_ranks_zero2(policy_group, tiny_assets, tokenizer, tmp_path):
         assert torch.equal(rank0[name], rank1[name]), name
     initial = load_causal_lm(tiny_assets["policy"], "float32").state_dict()
     assert any(not torch.equal(rank0[n], initial[n]) for n in rank0)
+    # The ZeRO engine came up and trained without loading inductor for DeepSpeed's unused Muon kernels
+    # (~2 CPU-s per trainer process; distributed.import_deepspeed_muon_uncompiled).
+    assert not on_actor(policy_group, 0, inductor_loaded)
 
     # Export: plain HF names, the trained weights, on rank 0 only.
     exported = policy_group.run_all("export_weights")

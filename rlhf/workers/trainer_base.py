@@ -42,7 +42,7 @@ from rlhf.models.saving import save_hf
 from rlhf.registry import get_algorithm
 from rlhf.workers.checkpoint_files import load_rng_state, save_rng_state, weights_only_deepspeed_loads
 from rlhf.workers.deepspeed_config import build_deepspeed_config, build_lr_scheduler
-from rlhf.workers.distributed import free_port, init_distributed, node_ip
+from rlhf.workers.distributed import free_port, import_deepspeed_muon_uncompiled, init_distributed, node_ip
 from rlhf.workers.threads import match_cpu_share
 
 
@@ -153,6 +153,7 @@ class TrainerBase(RoleWorker):
     def _build_engine(self) -> None:
         import deepspeed
 
+        import_deepspeed_muon_uncompiled()
         ds_config = build_deepspeed_config(
             self.cfg.trainer,
             dtype=self.cfg.model.dtype,

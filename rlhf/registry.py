@@ -6,7 +6,7 @@ An entry declares what the rest of the system asks about an algorithm:
 - ``section``: its hyperparameter section under ``algorithm`` (``algorithm.ppo`` for every online
   algorithm, ``algorithm.dpo``, ``algorithm.kto``, ``algorithm.rm``, ``algorithm.iterative_dpo`` (which also reads
   ``ppo`` and ``dpo``); SFT has none);
-- ``checks``: its cross-field config rules, run at load (`config._check_consistency`), each raising
+- ``checks``: its cross-field config rules, run at load (`rlhf.config.tree._check_consistency`), each raising
   ``ValueError("key: reason")``;
 - ``driver``: the driver class that runs it, as ``"module:Class"`` (imported only by `run`), whose
   step is the algorithm's step (`drivers.lifecycle.Driver`);

@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 
-from rlhf.config import ConfigError, FailAtConfig, _suggest
+from rlhf.config import ConfigError, FailAtConfig, suggest
 
 log = logging.getLogger(__name__)
 
@@ -91,5 +91,5 @@ class FaultInjector:
                 continue
             names = [n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))]
             raise ConfigError(
-                f"debug.fail_at[{index}].method: {role} ({cls.__name__}) has no method {f.method!r}{_suggest(f.method, names)}"
+                f"debug.fail_at[{index}].method: {role} ({cls.__name__}) has no method {f.method!r}{suggest(f.method, names)}"
             )

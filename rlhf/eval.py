@@ -1,7 +1,7 @@
 """Evaluate a trained model on held-out data, in one process with plain transformers (no Ray):
 
     python -m rlhf.eval CHECKPOINT --data FILE [--task MODULE:FN] [--reward-model DIR]
-                        [--reference DIR] [--json OUT]
+                        [--reference DIR] [--score-attribute ATTR] [--json OUT]
 
 CHECKPOINT is a Hugging Face model directory (a LoRA adapter directory is evaluated through its
 merged/ model), a run's output directory (its policy/ or reward/) or a checkpoint directory
@@ -16,7 +16,11 @@ A policy (causal LM) answers every distinct prompt of FILE greedily; then
   accuracy against that reference (DPO's rewards/accuracies: beta * (log pi - log pi_ref) higher
   for chosen than for rejected; preference/dpo_loss at --beta).
 A reward model (sequence classification) scores the pairs of a preference FILE:
-rm/pairwise_accuracy (chosen above rejected) and rm/loss (Bradley-Terry). With a policy and
+rm/pairwise_accuracy (chosen above rejected) and rm/loss (Bradley-Terry). With --score-attribute
+ATTR it is evaluated as a regression model (algorithm.rm.objective: regression) on a scored FILE
+(HelpSteer rows, the target being each response's ATTR): rm/mse and rm/pearson, as the training
+run's eval/loss and eval/pearson. A model trained with normalize_targets scores in standard units
+of its training targets, so its rm/mse is not in the file's units; rm/pearson is. With a policy and
 --reward-model on a preference FILE, that reward model's pairwise accuracy is reported too.
 
 Prints a table (and a few samples); --json OUT writes the metrics and every sample.
@@ -34,8 +38,8 @@ from pathlib import Path
 import torch
 
 from rlhf.config import DataConfig, RLHFConfig
-from rlhf.data.collate import collate_preference, collate_prompts, pairs_as_rows
-from rlhf.data.datasets import load_preference_dataset, load_prompt_dataset
+from rlhf.data.collate import collate_preference, collate_prompts, collate_scored, pairs_as_rows
+from rlhf.data.datasets import load_preference_dataset, load_prompt_dataset, load_scored_dataset
 from rlhf.data.errors import DataError
 from rlhf.data.formats import FORMATS, detect_format
 from rlhf.data.padding import build_sequence_batch
@@ -159,6 +163,32 @@ def reward_model_pair_metrics(rm_dir: Path, data: str, data_cfg: DataConfig, arg
     }
 
 
+def reward_model_regression_metrics(rm_dir: Path, data: str, data_cfg: DataConfig, args, prefix: str) -> dict[str, float]:
+    """A regression reward model on scored rows: the MSE and Pearson correlation of its scores and the targets."""
+    from rlhf.algorithms.reward import pearson, regression_loss
+    from rlhf.models.forward import sequence_scores
+    from rlhf.models.loading import load_reward_model, load_tokenizer
+
+    device = _device(args.device)
+    tokenizer = load_tokenizer(str(rm_dir))
+    examples = load_scored_dataset(data, tokenizer, data_cfg)
+    model = load_reward_model(str(rm_dir), "float32").to(device).eval()
+    scores, targets = [], []
+    with torch.no_grad():
+        for start in range(0, len(examples), args.batch_size):
+            batch = collate_scored(examples[start : start + args.batch_size], tokenizer.pad_token_id)
+            scores.append(sequence_scores(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu())
+            targets.append(batch["targets"])
+    scores, targets = torch.cat(scores), torch.cat(targets)
+    return {
+        f"{prefix}/responses": float(len(examples)),
+        f"{prefix}/mse": regression_loss(scores, targets).mean().item(),
+        f"{prefix}/pearson": pearson(scores, targets),
+        f"{prefix}/score_mean": scores.mean().item(),
+        f"{prefix}/target_mean": targets.mean().item(),
+    }
+
+
 def evaluate_policy(model_dir: Path, args, data_cfg: DataConfig, preference: bool) -> tuple[dict, list[dict]]:
     from rlhf.models.loading import load_causal_lm, load_tokenizer
 
@@ -250,6 +280,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", help="rule 'module:function' scoring (prompt, response), e.g. rlhf.tasks.arithmetic:score")
     parser.add_argument("--reward-model", help="a reward model to score the responses with (and its pairwise accuracy on pairs)")
     parser.add_argument("--reference", help="reference policy for the implicit preference accuracy of a DPO policy")
+    parser.add_argument("--score-attribute", help="evaluate a reward model as a regression model on scored rows (HelpSteer): "
+                        "this attribute of each response is its target")
     parser.add_argument("--beta", type=float, default=0.1, help="DPO beta for preference/dpo_loss (default 0.1)")
     parser.add_argument("--json", dest="json_out", help="write metrics and samples as JSON here")
     parser.add_argument("--max-new-tokens", type=int, default=16)
@@ -266,16 +298,22 @@ def evaluate(args: argparse.Namespace) -> dict:
     model_dir = resolve_model_dir(args.checkpoint)
     data_cfg = DataConfig(
         max_prompt_len=args.max_prompt_len, max_response_len=args.max_response_len, truncation="left",
-        apply_chat_template=not args.no_chat_template,
+        apply_chat_template=not args.no_chat_template, score_attribute=args.score_attribute,
     )
-    preference = is_preference_file(args.data)
     if is_reward_model(model_dir):
-        if not preference:
-            raise ValueError(f"{model_dir} is a reward model: evaluate it on a preference file (chosen/rejected pairs)")
-        kind, metrics, samples = "reward model", reward_model_pair_metrics(model_dir, args.data, data_cfg, args, "rm"), []
+        if args.score_attribute:
+            kind, metrics = "reward model (regression)", reward_model_regression_metrics(model_dir, args.data, data_cfg, args, "rm")
+        elif is_preference_file(args.data):
+            kind, metrics = "reward model", reward_model_pair_metrics(model_dir, args.data, data_cfg, args, "rm")
+        else:
+            raise ValueError(f"{model_dir} is a reward model: evaluate it on a preference file (chosen/rejected pairs), "
+                             "or as a regression model on scored rows with --score-attribute")
+        samples = []
+    elif args.score_attribute:
+        raise ValueError(f"--score-attribute evaluates a reward model, and {model_dir} is a policy")
     else:
         kind = "policy"
-        metrics, samples = evaluate_policy(model_dir, args, data_cfg, preference)
+        metrics, samples = evaluate_policy(model_dir, args, data_cfg, is_preference_file(args.data))
     return {"model": str(model_dir), "kind": kind, "data": str(args.data), "metrics": metrics, "samples": samples}
 
 

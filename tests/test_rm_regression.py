@@ -99,6 +99,15 @@ def test_dry_run_of_a_regression_reward_model_reads_scored_rows(tmp_path, tiny_a
     assert "⟦8</s>⟧  (score: 0)" in out
 
 
+def test_eval_refuses_a_regression_eval_of_a_policy_and_a_reward_model_on_unscored_prompts(tiny_assets, capsys):
+    from rlhf.eval import main as eval_main
+
+    assert eval_main([tiny_assets["policy"], "--data", tiny_assets["prompts_eval"], "--score-attribute", "helpfulness"]) == 2
+    assert "--score-attribute evaluates a reward model, and " in capsys.readouterr().err
+    assert eval_main([tiny_assets["reward"], "--data", tiny_assets["prompts_eval"]]) == 2
+    assert "or as a regression model on scored rows with --score-attribute" in capsys.readouterr().err
+
+
 # ---- a short run on Ray ----------------------------------------------------------------------------
 
 def helpsteer_rows(pref_path: str) -> list[dict]:
@@ -135,3 +144,14 @@ def test_regression_reward_model_run_lowers_the_mse(ray_session, tiny_assets, ti
     assert [step for step, _ in mse] == [0, 6] and mse[1][1] < 0.5 * mse[0][1], mse
     assert history[-1]["loss"] < history[1]["loss"]
     assert all("eval/pearson" in row for row in history if "eval/loss" in row)
+
+    # rlhf.eval, in this process without Ray, finds the run's final eval MSE and Pearson from the saved model.
+    from rlhf.eval import main as eval_main
+
+    report = tmp_path / "eval.json"
+    assert eval_main([str(tmp_path / "out"), "--data", str(held_out), "--score-attribute", "helpfulness",
+                      "--json", str(report)]) == 0
+    metrics = json.loads(report.read_text())["metrics"]
+    assert metrics["rm/responses"] == 60
+    assert metrics["rm/mse"] == pytest.approx(mse[1][1], rel=1e-4)
+    assert metrics["rm/pearson"] == pytest.approx(history[-1]["eval/pearson"], rel=1e-4)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import typing
 
 import annotated_types
 import pytest

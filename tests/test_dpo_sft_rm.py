@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_ppo_e2e import stopped_after
 
 from rlhf.config import load_config
 from rlhf.data.collate import collate_preference, pairs_as_rows
@@ -235,12 +236,12 @@ def test_sft_lowers_eval_loss_and_resumes_exactly(ray_session, tiny_assets_dir, 
     assert phases == ["python", "ray", "placement", "data while roles start", "roles", "prepare", "eval at start",
                       "first step"], line
 
-    # Resume: 3 steps, then the same run asked for 6 continues from the step-3 checkpoint
-    # exactly as an uninterrupted 6-step run (data order, optimizer and lr schedule).
-    common = ["trainer.max_steps=6", "trainer.lr_scheduler=constant", "trainer.warmup_steps=0", "trainer.eval_interval=0"]
+    # Resume: the run as it stood right after its step-3 checkpoint continues exactly as the
+    # uninterrupted 6-step run did (data order, optimizer and lr schedule).
+    common = ["trainer.max_steps=6", "trainer.lr_scheduler=constant", "trainer.warmup_steps=0", "trainer.eval_interval=0",
+              "checkpoint.interval=3"]
     straight = run(tiny_config("sft", tiny_assets_dir, tmp_path / "straight", *common))["history"]
-    split = tmp_path / "split"
-    run(tiny_config("sft", tiny_assets_dir, split, *common, "trainer.max_steps=3"))
+    split = stopped_after(tmp_path / "straight", 3, tmp_path / "split")
     resumed = run(tiny_config("sft", tiny_assets_dir, split, *common))["history"]
     assert [row["step"] for row in resumed] == list(range(0, 7))
     for a, b in zip(straight[1:], resumed[1:]):

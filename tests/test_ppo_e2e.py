@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.drivers.checkpoint import complete_checkpoints, read_driver_state
+from rlhf.drivers.checkpoint import complete_checkpoints
 from rlhf.drivers.metrics import read_metrics
 from rlhf.run import resolve_config, run
 
@@ -79,6 +80,18 @@ def test_ppo_learns_and_rollout_matches_trainer(ray_session, tiny_assets_dir, tm
 RESUME_SETTINGS = ["algorithm.ppo.num_steps=4", "checkpoint.interval=2", "algorithm.ppo.eval_interval=0",
                    "algorithm.ppo.kl_controller=adaptive", "algorithm.ppo.kl_target=0.5", "algorithm.ppo.kl_horizon=200"]
 RESUMED_KEYS = ("reward/mean", "kl/mean", "kl/coef", "policy/loss", "value/loss", "response/length_mean")
+
+
+def stopped_after(run_dir: Path, step: int, copy_dir: Path) -> Path:
+    """``copy_dir`` made to hold what ``run_dir`` held when its step-``step`` checkpoint had just been
+    completed: that checkpoint and the metrics rows up to it. Resuming there must continue exactly like
+    ``run_dir`` did, without a third run that stops at that moment (test_resume_continues_like_an_uninterrupted_run
+    stops a real run there with an injected driver fault)."""
+    name = f"step_{step:06d}"
+    shutil.copytree(run_dir / "checkpoints" / name, copy_dir / "checkpoints" / name)
+    rows = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= step]
+    (copy_dir / "metrics.jsonl").write_text("".join(f"{line}\n" for line in rows))
+    return copy_dir
 
 
 def assert_resumed_like(resumed_dir: Path, expected: dict[int, dict]) -> None:

@@ -285,8 +285,6 @@ class DiesMidSync:
 
 @pytest.mark.slow
 def test_engine_dying_mid_sync_is_named_not_a_hang(ray_session, tiny_assets):
-    import ray
-
     from rlhf.workers.group import RoleDiedError
     from rlhf.workers.rollout import RolloutEngine
 

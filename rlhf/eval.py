@@ -133,16 +133,18 @@ def pair_logprobs(model, pairs, pad_id: int, batch_size: int, device) -> torch.T
 
 
 @torch.no_grad()
-def pair_scores(model, pairs, pad_id: int, batch_size: int, device) -> torch.Tensor:
-    """[N, 2]: a reward model's (chosen, rejected) scores of every pair."""
+def batch_scores(model, batch: dict, device) -> torch.Tensor:
+    """[B]: a reward model's score of every row of a collated batch, on the CPU in float32."""
     from rlhf.models.forward import sequence_scores
 
-    out = []
-    for start in range(0, len(pairs), batch_size):
-        rows = pairs_as_rows(collate_preference(pairs[start : start + batch_size], pad_id))
-        scores = sequence_scores(model, rows["input_ids"].to(device), rows["attention_mask"].to(device)).float().cpu()
-        out.append(scores.view(2, -1).T)
-    return torch.cat(out)
+    with torch.no_grad():
+        return sequence_scores(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
+
+
+def pair_scores(model, pairs, pad_id: int, batch_size: int, device) -> torch.Tensor:
+    """[N, 2]: a reward model's (chosen, rejected) scores of every pair."""
+    return torch.cat([batch_scores(model, pairs_as_rows(collate_preference(pairs[start : start + batch_size], pad_id)), device)
+                      .view(2, -1).T for start in range(0, len(pairs), batch_size)])
 
 
 def reward_model_pair_metrics(rm_dir: Path, data: str, data_cfg: DataConfig, args, prefix: str) -> dict[str, float]:
@@ -166,20 +168,16 @@ def reward_model_pair_metrics(rm_dir: Path, data: str, data_cfg: DataConfig, arg
 def reward_model_regression_metrics(rm_dir: Path, data: str, data_cfg: DataConfig, args, prefix: str) -> dict[str, float]:
     """A regression reward model on scored rows: the MSE and Pearson correlation of its scores and the targets."""
     from rlhf.algorithms.reward import pearson, regression_loss
-    from rlhf.models.forward import sequence_scores
     from rlhf.models.loading import load_reward_model, load_tokenizer
 
     device = _device(args.device)
     tokenizer = load_tokenizer(str(rm_dir))
     examples = load_scored_dataset(data, tokenizer, data_cfg)
     model = load_reward_model(str(rm_dir), "float32").to(device).eval()
-    scores, targets = [], []
-    with torch.no_grad():
-        for start in range(0, len(examples), args.batch_size):
-            batch = collate_scored(examples[start : start + args.batch_size], tokenizer.pad_token_id)
-            scores.append(sequence_scores(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu())
-            targets.append(batch["targets"])
-    scores, targets = torch.cat(scores), torch.cat(targets)
+    batches = [collate_scored(examples[start : start + args.batch_size], tokenizer.pad_token_id)
+               for start in range(0, len(examples), args.batch_size)]
+    scores = torch.cat([batch_scores(model, batch, device) for batch in batches])
+    targets = torch.cat([batch["targets"] for batch in batches])
     return {
         f"{prefix}/responses": float(len(examples)),
         f"{prefix}/mse": regression_loss(scores, targets).mean().item(),

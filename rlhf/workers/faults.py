@@ -49,7 +49,8 @@ class FaultInjector:
         self.step = 0
         self.fired: set[int] = set()  # indices into fail_at
 
-    def _due(self, role: str, actor: int, method: str) -> FailAtConfig | None:
+    def _fire_due(self, role: str, actor: int, method: str) -> FailAtConfig | None:
+        """The not yet fired fault chosen for this call, now marked fired; None when there is none."""
         for index, f in enumerate(self.fail_at):
             if (index not in self.fired and f.role == role and f.actor == actor and f.step == self.step
                     and (f.method is None or f.method == method)):
@@ -62,7 +63,7 @@ class FaultInjector:
 
     def actor_fault(self, role: str, actor: int, method: str) -> tuple[str, str] | None:
         """(mode, description) when this call is a chosen one (that fault then counts as fired), else None."""
-        fault = self._due(role, actor, method)
+        fault = self._fire_due(role, actor, method)
         if fault is None:
             return None
         what = self.describe(fault, method)
@@ -71,7 +72,7 @@ class FaultInjector:
 
     def driver_point(self, method: str) -> None:
         """Called by the driver at its fault points; fails here when this is a chosen one."""
-        fault = self._due("driver", 0, method)
+        fault = self._fire_due("driver", 0, method)
         if fault is None:
             return
         what = self.describe(fault, method)

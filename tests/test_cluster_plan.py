@@ -1,10 +1,12 @@
 """Resource pools from config, and the fail-fast check against the cluster."""
 
+import re
+
 import pytest
 import ray
 
 from rlhf.config import RLHFConfig
-from rlhf.drivers.cluster import ResourceError, check_resources, create_placement_groups, plan_pools
+from rlhf.drivers.cluster import ResourceError, actor_options, check_resources, create_placement_groups, plan_pools
 
 
 def ppo_config(**resources):
@@ -34,6 +36,35 @@ def test_colocated_roles_share_bundles():
     assert pools["reward"].bundles == [{"CPU": 2.0, "GPU": 1.0}]
     assert pools["rollout"].bundles == [{"CPU": 1.0, "GPU": 1.0}]
     assert pools["rollout"] is not pools["policy"]
+
+
+def test_shared_scoring_process_gets_both_roles_resources_in_one_pool():
+    cfg = ppo_config(
+        reference={"num_actors": 2, "cpus_per_actor": 0.5, "gpus_per_actor": 0.25},
+        reward={"num_actors": 2, "cpus_per_actor": 0.2, "gpus_per_actor": 0.25},
+        share_scoring_process=True,
+    )
+    pools = plan_pools(cfg)
+    assert pools["reference"] is pools["reward"]
+    assert pools["reference"].bundles == [{"CPU": 0.7, "GPU": 0.5}, {"CPU": 0.7, "GPU": 0.5}]
+    options = actor_options(pools, ["reference", "reward"], 1)
+    assert (options["num_cpus"], options["num_gpus"]) == (0.7, 0.5)
+    assert options["scheduling_strategy"].placement_group_bundle_index == 1
+    assert actor_options(pools, ["reward"], 0)["num_cpus"] == 0.2
+    # Already colocated together (here with the policy): the same pool, nothing added.
+    cfg = ppo_config(colocate=[["policy", "reference", "reward"]], share_scoring_process=True)
+    pools = plan_pools(cfg)
+    assert pools["policy"] is pools["reference"] is pools["reward"]
+    assert len(pools["policy"].bundles) == 1
+
+
+@pytest.mark.parametrize("resources, message", [
+    ({"reference": {"num_actors": 2}}, "resources.share_scoring_process: reference has 2 actors and reward 1"),
+    ({"colocate": [["policy", "reward"]]}, "resources.colocate: ['policy', 'reward'] holds only one of reference and reward"),
+])
+def test_shared_scoring_process_refuses_what_one_process_cannot_host(resources, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ppo_config(share_scoring_process=True, **resources)
 
 
 def test_reference_from_base_has_no_reference_pool():

@@ -29,7 +29,7 @@ def test_lost_engines_are_restarted_and_a_preempted_run_resumes_like_an_uninterr
     tiny_assets_dir, uninterrupted_tiny_ppo, tmp_path, capsys
 ):
     out = tmp_path / "run"
-    settings = [*RESUME_SETTINGS, "resources.call_timeout_s=20", "resources.startup_timeout_s=600", "rollout.max_engine_restarts=2"]
+    settings = [*RESUME_SETTINGS, "resources.call_timeout_s=10", "resources.startup_timeout_s=600", "rollout.max_engine_restarts=2"]
     code, err = run_cli(capsys, *tiny_overrides(tiny_assets_dir, out, *settings, FAULTS))
     assert code == 143, err[-3000:]
     stops = [line for line in err.splitlines() if line.startswith("preempted")]

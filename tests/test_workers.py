@@ -16,7 +16,7 @@ import ray
 import ray.cloudpickle
 import torch
 
-from rlhf.config import RLHFConfig
+from rlhf.config import ConfigError, RLHFConfig
 from rlhf.data.padding import build_sequence_batch
 from rlhf.models.forward import response_logprobs, sequence_scores
 from rlhf.models.loading import load_causal_lm, load_reward_model, load_tokenizer
@@ -334,6 +334,37 @@ def test_reward_model_scores(tiny_assets, tokenizer):
     with torch.no_grad():
         expected = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
+
+
+def test_one_process_scores_for_reference_and_reward_under_their_own_names(ray_session, tiny_assets, tokenizer):
+    """resources.share_scoring_process: one ScoringWorker actor answers both roles with what each role's own worker
+    computes; a failure injected into the reward's call names the reward, and the process goes on serving both."""
+    from rlhf.config import FailAtConfig
+    from rlhf.workers.faults import FaultInjector
+    from rlhf.workers.scoring import ScoringWorker
+
+    cfg = make_config(tiny_assets, **{"model.reward": None, "model.reward_fn": "rlhf.tasks.arithmetic:score"})
+    faults = FaultInjector([FailAtConfig(role="reward", step=1, method="scores", mode="raise")])
+    shared = WorkerGroup(ScoringWorker, "reference+reward", 1, {"num_cpus": 0.4}, init_args=(cfg,), call_timeout_s=120,
+                         faults=faults)
+    reference, reward = (shared.view(role, ScoringWorker.ROLE_CLASSES[role]) for role in ("reference", "reward"))
+    try:
+        batch = make_batch(tokenizer)
+        pending = reference.scatter_async("logprobs", batch), reward.scatter_async("scores", batch, PROMPTS)
+        logprobs, scores = (torch.cat(p.wait()) for p in pending)
+        torch.testing.assert_close(logprobs, hf_logprobs(tiny_assets["policy"], batch), atol=1e-5, rtol=0)
+        assert scores.tolist() == pytest.approx([1.0, 0.4, 1.0, 0.0])  # as test_reward_rule_scores
+        faults.step = 1
+        with pytest.raises(RoleFailedError, match=r"^reward actor 0 failed in scores: InjectedFault"):
+            reward.scatter("scores", batch, PROMPTS)
+        assert torch.equal(torch.cat(reference.scatter("logprobs", batch)), logprobs)
+        assert reference.actors is reward.actors is shared.actors  # one process; a restart is seen by every view
+        # A fault names a method of the role's own class: the shared class answers `scores`, the reference does not.
+        shared.faults = FaultInjector([FailAtConfig(role="reference", step=1, method="scores")])
+        with pytest.raises(ConfigError, match=r"debug.fail_at\[0\].method: reference \(ReferenceWorker\) has no method 'scores'"):
+            shared.view("reference", ReferenceWorker)
+    finally:
+        shared.kill()
 
 
 # -- export, saving and DeepSpeed config (in-process, no engine) ------------------------------------

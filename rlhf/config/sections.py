@@ -144,6 +144,13 @@ class ResourcesConfig(Section):
     colocate: list[list[str]] = Field(
         default_factory=list, description="Groups of roles that share one placement group bundle set, e.g. [[policy, reference]]."
     )
+    share_scoring_process: bool = Field(
+        False,
+        description="Host the reference and the reward role in one actor process per actor index (both are frozen "
+        "scorers): one process start fewer, and their scoring passes run one after the other instead of time-slicing the "
+        "same cores (on a few CPU cores, faster). Errors, timeouts and debug.fail_at still name each role. The two roles "
+        "share a pool (as if colocated) and need the same num_actors; the process gets the sum of their resources.",
+    )
     placement_timeout_s: float = Field(60.0, gt=0, description="Give up if placement groups are not ready in this time.")
     call_timeout_s: float = Field(600.0, gt=0, description="Timeout for every remote call; the error names the role.")
     startup_timeout_s: Optional[float] = Field(

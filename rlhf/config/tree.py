@@ -60,6 +60,8 @@ def _check_consistency(cfg: RLHFConfig) -> None:
         for role in group:
             if role not in ROLES:
                 raise ValueError(f"resources.colocate: unknown role {role!r}{suggest(role, ROLES)}; roles are {', '.join(ROLES)}")
+    if cfg.resources.share_scoring_process:
+        _check_shared_scoring(cfg)
     for role in ROLES:
         res = getattr(cfg.resources, role)
         if res.cpus_per_actor == 0 and res.gpus_per_actor == 0:
@@ -73,6 +75,18 @@ def _check_consistency(cfg: RLHFConfig) -> None:
         if fail.role not in ("driver", *roles):
             raise ValueError(f"{key}.role: {cfg.algorithm.name} starts no {fail.role} actor here "
                              f"(its roles: {', '.join(roles)})")
+
+
+def _check_shared_scoring(cfg: RLHFConfig) -> None:
+    """resources.share_scoring_process: one process per actor index hosts both roles, in one pool."""
+    res = cfg.resources
+    if res.reference.num_actors != res.reward.num_actors:
+        raise ValueError(f"resources.share_scoring_process: reference has {res.reference.num_actors} actors and reward "
+                         f"{res.reward.num_actors}; one process hosts one of each, so they must be equal")
+    for group in res.colocate:
+        if len({"reference", "reward"} & set(group)) == 1:
+            raise ValueError(f"resources.colocate: {group} holds only one of reference and reward, which "
+                             "resources.share_scoring_process hosts in one process (name both or neither)")
 
 
 def _check_fail_at(cfg: RLHFConfig, fail: FailAtConfig, key: str) -> None:

@@ -2,7 +2,8 @@
 
 A pool is data: the roles it hosts, how many bundles, and what each bundle holds. Roles named
 together in `resources.colocate` share one pool (their per-actor resources add up in each bundle,
-so e.g. policy 0.5 GPU + reference 0.5 GPU share one GPU); every other role gets a pool of its own.
+so e.g. policy 0.5 GPU + reference 0.5 GPU share one GPU), as do the reference and the reward role
+when one process hosts both (`resources.share_scoring_process`); every other role gets a pool of its own.
 The plan is checked against the cluster (totals and whether each bundle fits on some node) before
 any placement group is created, and placement groups that are not ready within
 `resources.placement_timeout_s` are removed and reported: a run never waits forever.
@@ -85,6 +86,8 @@ def plan_pools(cfg: RLHFConfig) -> dict[str, Pool]:
     specs = role_specs(cfg)
     by_role: dict[str, Pool] = {}
     groups = [[r for r in group if r in specs] for group in cfg.resources.colocate]
+    if cfg.resources.share_scoring_process and not any({"reference", "reward"} <= set(g) for g in groups):
+        groups.append([r for r in ("reference", "reward") if r in specs])  # one process hosts both: one pool
     for group in groups:
         if not group or any(r in by_role for r in group):
             continue
@@ -192,13 +195,14 @@ def write_placement(groups: list, out_dir) -> None:
     (Path(out_dir) / "placement.json").write_text(json.dumps(placement, indent=1))
 
 
-def actor_options(pools: dict[str, Pool], role: str, index: int) -> dict:
-    """Ray actor options placing actor `index` of `role` in its pool's bundle `index`."""
-    pool = pools[role]
-    spec = next(r for r in pool.roles if r.role == role)
+def actor_options(pools: dict[str, Pool], roles: list[str], index: int) -> dict:
+    """Ray actor options placing actor `index` of ``roles`` (one role, or the roles one process hosts, all in one
+    pool) in their pool's bundle `index`, with the sum of those roles' resources."""
+    pool = pools[roles[0]]
+    specs = [r for r in pool.roles if r.role in roles]
     options = {
-        "num_cpus": spec.cpus,
-        "num_gpus": spec.gpus,
+        "num_cpus": sum(s.cpus for s in specs),
+        "num_gpus": sum(s.gpus for s in specs),
         "scheduling_strategy": PlacementGroupSchedulingStrategy(
             placement_group=pool.pg, placement_group_bundle_index=index
         ),

@@ -205,15 +205,17 @@ class Driver:
             group.wait_ready()
 
     def drop_role(self, role: str) -> None:
-        """End a role's actors mid-run (e.g. the DPO reference once its logprobs are cached)."""
+        """End a role's actors mid-run (e.g. the DPO reference once its logprobs are cached), unless their
+        processes also host a role still in use (`WorkerGroup.view`)."""
         group = self.groups.pop(role, None)
-        if group is not None:
+        if group is not None and not any(other.actors is group.actors for other in self.groups.values()):
             group.kill()
 
     def start_group(self, actor_cls, *init_args, role: str, pool: str | None = None, num_actors: int | None = None,
-                    index_kwarg: str | None = None) -> WorkerGroup:
+                    index_kwarg: str | None = None, hosts: list[str] | None = None) -> WorkerGroup:
         """The actors of ``role``, one per bundle of the pool planned for ``pool`` (a config role name; default ``role``);
-        ``index_kwarg`` names a constructor keyword that gets each actor's index in the group."""
+        ``index_kwarg`` names a constructor keyword that gets each actor's index in the group. ``hosts``: the config
+        roles each process hosts (default [pool]), whose resources it gets."""
         cfg = self.cfg
         pool = pool or role
         num = num_actors if num_actors is not None else getattr(cfg.resources, pool).num_actors
@@ -221,7 +223,7 @@ class Driver:
             actor_cls,
             role=role,
             num_actors=num,
-            actor_options=[actor_options(self.pools, pool, i) for i in range(num)],
+            actor_options=[actor_options(self.pools, hosts or [pool], i) for i in range(num)],
             init_args=init_args,
             call_timeout_s=cfg.resources.call_timeout_s,
             startup_timeout_s=cfg.resources.startup_timeout_s,

@@ -47,6 +47,7 @@ from rlhf.workers.policy import PolicyTrainer
 from rlhf.workers.reference import ReferenceWorker
 from rlhf.workers.reward import RewardWorker
 from rlhf.workers.rollout import RolloutEngine
+from rlhf.workers.scoring import ScoringWorker
 
 MODEL_KEYS = ("input_ids", "attention_mask", "response_mask")
 
@@ -92,9 +93,19 @@ class OnlineDriver(Driver):
         num = {"rollout": cfg.rollout.num_engines}
         # Each engine knows its index: its sampling seeds are keyed by it (rlhf.algorithms.seeds).
         index_kwarg = {"rollout": "engine_index"}
-        return {role: self.start_group(actors[role][0], *actors[role][1], role=role, num_actors=num.get(role),
-                                       index_kwarg=index_kwarg.get(role))
-                for role in active_roles(cfg)}
+        roles = active_roles(cfg)
+        shared = list(ScoringWorker.ROLE_CLASSES) if cfg.resources.share_scoring_process else []
+        if not set(shared) <= set(roles):
+            shared = []  # e.g. reference_from_base: no reference actor to share a process with
+        groups = {}
+        if shared:
+            scoring = self.start_group(ScoringWorker, cfg, role="+".join(shared), pool=shared[0], hosts=shared)
+            groups = {role: scoring.view(role, ScoringWorker.ROLE_CLASSES[role]) for role in shared}
+        for role in roles:
+            if role not in groups:
+                groups[role] = self.start_group(actors[role][0], *actors[role][1], role=role, num_actors=num.get(role),
+                                                index_kwarg=index_kwarg.get(role))
+        return {role: groups[role] for role in roles}
 
     def start_roles(self) -> None:
         super().start_roles()

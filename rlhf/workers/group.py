@@ -16,6 +16,7 @@ swap the chosen call for a failure inside that actor.
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from collections.abc import Sequence
@@ -157,6 +158,16 @@ class WorkerGroup:
         if self._log_dir is not None:
             kwargs["rlhf_log_file"] = actor_log_file(self._log_dir, self.role, index)
         return self._remote_cls.options(**self._options[index]).remote(*self._init_args, **kwargs)
+
+    def view(self, role: str, role_cls) -> WorkerGroup:
+        """These actors addressed as ``role``: for processes that host several roles (`rlhf.workers.scoring`).
+        Errors, timeouts and debug.fail_at name ``role``; ``role_cls`` is the role's own class, whose methods a
+        fault may name. The actor list is shared, so a restart through one view is seen by the others."""
+        if self.faults is not None:
+            self.faults.check_methods(role, role_cls)
+        view = copy.copy(self)
+        view.role = role
+        return view
 
     def __len__(self) -> int:
         return len(self.actors)

@@ -2,8 +2,10 @@
 family's longer runs are in test_dpo_sft_rm.py and test_ppo_e2e.py): SFT -> RM -> PPO with that RM,
 SFT -> DPO, and PPO from the random policy on the rule reward, which must learn.
 
-Kept short (total test time matters): the pipeline's stages run a few steps each and its PPO
-uses the transformers rollout backend (no vLLM start); the learning run uses vLLM.
+Kept short (total test time matters): the pipeline's stages run a few steps each, and both PPO runs
+sample with the transformers rollout backend (no vLLM start, ~10 s here). vLLM generates, stops on
+each family's EOS set and syncs every family in test_family_sync.py, and learns PPO on the char
+family in test_ppo_e2e.py.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def test_family_sft_rm_ppo_and_sft_dpo(family, ray_session, tmp_path):
 def test_family_ppo_learns(family, ray_session, tmp_path):
     out = tmp_path / "ppo"
     run(resolve_config(TINY, tiny_overrides(
-        family["root"], out, f"tiny_family={family['family']}", "algorithm.ppo.num_steps=14",
+        family["root"], out, f"tiny_family={family['family']}", "rollout.backend=hf", "algorithm.ppo.num_steps=20",
         "algorithm.ppo.eval_interval=0", "checkpoint.interval=0",
     )))
     history = read_metrics(out / "metrics.jsonl")

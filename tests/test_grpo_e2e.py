@@ -36,8 +36,9 @@ def test_grpo_learns_without_critic_or_reference(ray_session, tiny_assets_dir, t
 
 def test_grpo_with_dynamic_sampling_resumes_like_an_uninterrupted_run(ray_session, tiny_assets_dir, tmp_path):
     # KL in the reward with an adaptive coefficient and DAPO dynamic sampling: the resumed run must restore
-    # the KL controller and the sampler's position after extra sampling rounds.
-    common = ["algorithm.ppo.num_steps=4", "checkpoint.interval=2", "algorithm.ppo.eval_interval=0", "algorithm.ppo.kl_coef=0.05",
+    # the KL controller and the sampler's position after extra sampling rounds. What is resumed is the driver's
+    # state, so the rollouts come from the transformers backend (no vLLM start; the learning run above uses vLLM).
+    common = ["rollout.backend=hf", "algorithm.ppo.num_steps=4", "checkpoint.interval=2", "algorithm.ppo.eval_interval=0", "algorithm.ppo.kl_coef=0.05",
               "algorithm.ppo.kl_controller=adaptive", "algorithm.ppo.kl_target=0.5", "algorithm.ppo.kl_horizon=200",
               "algorithm.ppo.dynamic_sampling=true", "algorithm.ppo.overlong_buffer=2",
               "model.reward_fn=rlhf.tasks.arithmetic:is_correct"]  # 0/1: most early groups are all 0

@@ -80,6 +80,9 @@ def run_rlhf(paths: dict, steps: int, overrides: list[str]) -> dict:
         "resources.rollout.cpus_per_actor=1.2", "resources.policy.cpus_per_actor=0.2",
         "resources.critic.cpus_per_actor=0.2", "resources.reference.cpus_per_actor=0.2",
         "resources.reward.cpus_per_actor=0.2", "checkpoint.interval=0", "checkpoint.resume=never",
+        # A process per scoring role: sharing one (the tiny config's start-up saving) puts the reference's and the
+        # reward's passes in a row on one thread, 84 s of scoring instead of 71 s here (2026-11-30)
+        "resources.share_scoring_process=false",
         f"logging.output_dir={out}", "logging.wandb.mode=disabled", "logging.progress_bar=false", *overrides,
     ])
     return run(cfg)["history"][-1]

@@ -147,9 +147,10 @@ class ResourcesConfig(Section):
     share_scoring_process: bool = Field(
         False,
         description="Host the reference and the reward role in one actor process per actor index (both are frozen "
-        "scorers): one process start fewer, and their scoring passes run one after the other instead of time-slicing the "
-        "same cores (on a few CPU cores, faster). Errors, timeouts and debug.fail_at still name each role. The two roles "
-        "share a pool (as if colocated) and need the same num_actors; the process gets the sum of their resources.",
+        "scorers): one process start fewer (~5 CPU-seconds on the CPU), but their scoring passes run one after the other "
+        "on that process's threads, so with a large model scoring can take longer than in two processes side by side. "
+        "Errors, timeouts and debug.fail_at still name each role. The two roles share a pool (as if colocated) and need "
+        "the same num_actors; the process gets the sum of their resources.",
     )
     placement_timeout_s: float = Field(60.0, gt=0, description="Give up if placement groups are not ready in this time.")
     call_timeout_s: float = Field(600.0, gt=0, description="Timeout for every remote call; the error names the role.")

@@ -1,11 +1,12 @@
 """The reference and the reward role hosted by one actor process (resources.share_scoring_process).
 
-Both roles are frozen scorers. A process per role costs its start-up (mostly imports: ~5 CPU-seconds
-each on this machine's cores), and on a few cores their concurrent forward passes only time-slice
-the same cores. A `ScoringWorker` builds both workers in one process and answers both roles'
-methods; Ray runs its calls one after the other, in the order they were submitted. The driver still
-addresses each role by name (`WorkerGroup.view`), so errors, timeouts and debug.fail_at name the
-role whose call it was.
+Both roles are frozen scorers, and a process per role costs its start-up (mostly imports: ~5
+CPU-seconds each on this machine's cores), which dominates short runs such as the tiny configs. A
+`ScoringWorker` builds both workers in one process and answers both roles' methods; Ray runs its
+calls one after the other, in the order they were submitted (so with a large model the two passes
+no longer overlap: scripts/bench_ppo_scale.py keeps them apart). The driver still addresses each
+role by name (`WorkerGroup.view`), so errors, timeouts and debug.fail_at name the role whose call
+it was.
 """
 
 from __future__ import annotations

@@ -94,13 +94,12 @@ class OnlineDriver(Driver):
         # Each engine knows its index: its sampling seeds are keyed by it (rlhf.algorithms.seeds).
         index_kwarg = {"rollout": "engine_index"}
         roles = active_roles(cfg)
-        shared = list(ScoringWorker.ROLE_CLASSES) if cfg.resources.share_scoring_process else []
-        if not set(shared) <= set(roles):
-            shared = []  # e.g. reference_from_base: no reference actor to share a process with
         groups = {}
-        if shared:
-            scoring = self.start_group(ScoringWorker, cfg, role="+".join(shared), pool=shared[0], hosts=shared)
-            groups = {role: scoring.view(role, ScoringWorker.ROLE_CLASSES[role]) for role in shared}
+        # Without a reference actor (e.g. reference_from_base) the reward has no process to share.
+        if cfg.resources.share_scoring_process and set(ScoringWorker.ROLE_CLASSES) <= set(roles):
+            hosted = list(ScoringWorker.ROLE_CLASSES)
+            scoring = self.start_group(ScoringWorker, cfg, role="+".join(hosted), pool=hosted[0], hosts=hosted)
+            groups = {role: scoring.view(role, cls) for role, cls in ScoringWorker.ROLE_CLASSES.items()}
         for role in roles:
             if role not in groups:
                 groups[role] = self.start_group(actors[role][0], *actors[role][1], role=role, num_actors=num.get(role),

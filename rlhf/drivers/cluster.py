@@ -4,6 +4,8 @@ A pool is data: the roles it hosts, how many bundles, and what each bundle holds
 together in `resources.colocate` share one pool (their per-actor resources add up in each bundle,
 so e.g. policy 0.5 GPU + reference 0.5 GPU share one GPU), as do the reference and the reward role
 when one process hosts both (`resources.share_scoring_process`); every other role gets a pool of its own.
+With `resources.colocate_in_turn` a colocate group's roles take turns instead (`drivers.turns`), and each of
+their actors computes on its whole bundle's CPUs.
 The plan is checked against the cluster (totals and whether each bundle fits on some node) before
 any placement group is created, and placement groups that are not ready within
 `resources.placement_timeout_s` are removed and reported: a run never waits forever.
@@ -21,6 +23,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf.config import RLHFConfig
 from rlhf.registry import get_algorithm
+from rlhf.workers.threads import COMPUTE_CPUS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class Pool:
     roles: list[RoleSpec]
     bundles: list[dict[str, float]] = field(default_factory=list)
     pg: object = None
+    in_turn: bool = False  # its roles compute one at a time, each on the whole bundle (resources.colocate_in_turn)
 
     @property
     def name(self) -> str:
@@ -88,10 +92,11 @@ def plan_pools(cfg: RLHFConfig) -> dict[str, Pool]:
     groups = [[r for r in group if r in specs] for group in cfg.resources.colocate]
     if cfg.resources.share_scoring_process and not any({"reference", "reward"} <= set(g) for g in groups):
         groups.append([r for r in ("reference", "reward") if r in specs])  # one process hosts both: one pool
-    for group in groups:
+    for number, group in enumerate(groups):
         if not group or any(r in by_role for r in group):
             continue
-        pool = Pool([specs[r] for r in group])
+        user_group = number < len(cfg.resources.colocate)
+        pool = Pool([specs[r] for r in group], in_turn=user_group and cfg.resources.colocate_in_turn and len(group) > 1)
         for r in group:
             by_role[r] = pool
     for role, spec in specs.items():
@@ -101,12 +106,18 @@ def plan_pools(cfg: RLHFConfig) -> dict[str, Pool]:
         size = max(r.num_actors for r in pool.roles)
         for i in range(size):
             members = [r for r in pool.roles if r.num_actors > i]
-            bundle = {"CPU": sum(r.cpus for r in members)}
-            gpus = sum(r.gpus for r in members)
+            bundle = {"CPU": resource_sum(r.cpus for r in members)}
+            gpus = resource_sum(r.gpus for r in members)
             if gpus:
                 bundle["GPU"] = float(gpus)
             pool.bundles.append(bundle)
     return by_role
+
+
+def resource_sum(amounts) -> float:
+    """The sum of resource amounts in Ray's units of 1e-4: a float sum such as 1.2 + 4 x 0.2 = 1.9999999999999998
+    would make a bundle that Ray cuts to 1.9999, 0.0001 short of the actors it is for (the last one never starts)."""
+    return round(sum(amounts), 4)
 
 
 def _unique(pools) -> list[Pool]:
@@ -122,7 +133,8 @@ def describe_plan(pools: dict[str, Pool], nodes: list[dict]) -> str:
     lines = ["role        actors  CPU/actor  GPU/actor  pool"]
     for role, pool in pools.items():
         spec = next(r for r in pool.roles if r.role == role)
-        lines.append(f"{role:<11} {spec.num_actors:>6}  {spec.cpus:>9g}  {spec.gpus:>9g}  {pool.name}")
+        turns = " (in turn)" if pool.in_turn else ""
+        lines.append(f"{role:<11} {spec.num_actors:>6}  {spec.cpus:>9g}  {spec.gpus:>9g}  {pool.name}{turns}")
     need_cpu = sum(b.get("CPU", 0) for p in _unique(pools.values()) for b in p.bundles)
     need_gpu = sum(b.get("GPU", 0) for p in _unique(pools.values()) for b in p.bundles)
     lines.append(f"needed in total: {need_cpu:g} CPU, {need_gpu:g} GPU")
@@ -197,16 +209,19 @@ def write_placement(groups: list, out_dir) -> None:
 
 def actor_options(pools: dict[str, Pool], roles: list[str], index: int) -> dict:
     """Ray actor options placing actor `index` of ``roles`` (one role, or the roles one process hosts, all in one
-    pool) in their pool's bundle `index`, with the sum of those roles' resources."""
+    pool) in their pool's bundle `index`, with the sum of those roles' resources. In a pool whose roles take turns,
+    the actor computes on the whole bundle's CPUs (`rlhf.workers.threads`)."""
     pool = pools[roles[0]]
     specs = [r for r in pool.roles if r.role in roles]
     options = {
-        "num_cpus": sum(s.cpus for s in specs),
-        "num_gpus": sum(s.gpus for s in specs),
+        "num_cpus": resource_sum(s.cpus for s in specs),
+        "num_gpus": resource_sum(s.gpus for s in specs),
         "scheduling_strategy": PlacementGroupSchedulingStrategy(
             placement_group=pool.pg, placement_group_bundle_index=index
         ),
     }
+    if pool.in_turn:
+        options["runtime_env"] = {"env_vars": {COMPUTE_CPUS_ENV: str(pool.bundles[index]["CPU"])}}
     return options
 
 

@@ -103,30 +103,12 @@ def test_placement_wait_is_bounded(ray_session):
     assert all(pool.pg is None for pool in pools.values())
 
 
-def test_colocated_in_turn_roles_compute_on_their_whole_bundle():
-    cfg = ppo_config(policy={"cpus_per_actor": 0.5}, critic={"cpus_per_actor": 1.0}, colocate=[["policy", "critic"]],
-                     colocate_in_turn=True, share_scoring_process=True)
+def test_bundles_add_up_in_rays_units():
+    # 1.2 + 4 x 0.2 is 1.9999999999999998 in floats; Ray would cut that bundle to 1.9999 CPUs, too small for the
+    # five actors (2.0 CPUs together) it is for, and the last one to be scheduled would never start.
+    cfg = ppo_config(rollout={"cpus_per_actor": 1.2}, **{r: {"cpus_per_actor": 0.2} for r in ("policy", "critic", "reference", "reward")},
+                     colocate=[["rollout", "policy", "critic", "reference", "reward"]])
     pools = plan_pools(cfg)
-    assert pools["policy"] is pools["critic"] and pools["policy"].in_turn
-    assert pools["policy"].bundles == [{"CPU": 1.5}]
-    options = actor_options(pools, ["policy"], 0)
-    assert options["num_cpus"] == 0.5  # Ray still reserves the role's own share ...
-    assert options["runtime_env"] == {"env_vars": {"RLHF_COMPUTE_CPUS": "1.5"}}  # ... and it computes on the bundle's
-    # The pool of the process hosting reference and reward (not a colocate group) and pools of one role: side by side.
-    assert not pools["reference"].in_turn and not pools["rollout"].in_turn
-    assert "runtime_env" not in actor_options(pools, ["rollout"], 0)
-    # Bundles add up in Ray's units: 1.2 + 4 x 0.2 is 1.9999999999999998 in floats, and Ray would cut it to 1.9999,
-    # too small for the five actors it is for.
-    five = ppo_config(rollout={"cpus_per_actor": 1.2}, **{r: {"cpus_per_actor": 0.2} for r in ("policy", "critic", "reference", "reward")},
-                      colocate=[["rollout", "policy", "critic", "reference", "reward"]], colocate_in_turn=True)
-    pools = plan_pools(five)
     assert pools["rollout"].bundles == [{"CPU": 2.0}]
-    assert actor_options(pools, ["policy"], 0)["runtime_env"] == {"env_vars": {"RLHF_COMPUTE_CPUS": "2.0"}}
-    # Without colocate_in_turn the same group is side by side.
-    pools = plan_pools(ppo_config(colocate=[["policy", "critic"]]))
-    assert not pools["policy"].in_turn and "runtime_env" not in actor_options(pools, ["policy"], 0)
+    assert actor_options(pools, ["reference", "reward"], 0)["num_cpus"] == 0.4
 
-
-def test_colocate_in_turn_needs_a_colocate_group():
-    with pytest.raises(ValueError, match=re.escape("resources.colocate_in_turn: no resources.colocate group to take turns")):
-        ppo_config(colocate_in_turn=True)

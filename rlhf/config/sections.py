@@ -144,14 +144,6 @@ class ResourcesConfig(Section):
     colocate: list[list[str]] = Field(
         default_factory=list, description="Groups of roles that share one placement group bundle set, e.g. [[policy, reference]]."
     )
-    colocate_in_turn: bool = Field(
-        False,
-        description="Roles in a resources.colocate group compute one at a time instead of side by side: the driver "
-        "runs their calls in turn (PPO's scoring passes, the policy and critic updates; each call waits for the one "
-        "before it) and each computes on ceil(its bundle's CPUs) torch threads, not ceil(its own cpus_per_actor). "
-        "For roles that share the same cores (one CPU machine, one GPU's host): side by side, roles with unequal work "
-        "leave cores idle and more threads than cores slow each other down (scripts/bench_ppo_scale.py).",
-    )
     share_scoring_process: bool = Field(
         False,
         description="Host the reference and the reward role in one actor process per actor index (both are frozen "

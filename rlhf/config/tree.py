@@ -62,9 +62,6 @@ def _check_consistency(cfg: RLHFConfig) -> None:
                 raise ValueError(f"resources.colocate: unknown role {role!r}{suggest(role, ROLES)}; roles are {', '.join(ROLES)}")
     if cfg.resources.share_scoring_process:
         _check_shared_scoring(cfg)
-    if cfg.resources.colocate_in_turn and not cfg.resources.colocate:
-        raise ValueError("resources.colocate_in_turn: no resources.colocate group to take turns; name one, "
-                         "e.g. [[policy, critic]]")
     for role in ROLES:
         res = getattr(cfg.resources, role)
         if res.cpus_per_actor == 0 and res.gpus_per_actor == 0:

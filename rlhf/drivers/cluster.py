@@ -4,8 +4,6 @@ A pool is data: the roles it hosts, how many bundles, and what each bundle holds
 together in `resources.colocate` share one pool (their per-actor resources add up in each bundle,
 so e.g. policy 0.5 GPU + reference 0.5 GPU share one GPU), as do the reference and the reward role
 when one process hosts both (`resources.share_scoring_process`); every other role gets a pool of its own.
-With `resources.colocate_in_turn` a colocate group's roles take turns instead (`drivers.turns`), and each of
-their actors computes on its whole bundle's CPUs.
 The plan is checked against the cluster (totals and whether each bundle fits on some node) before
 any placement group is created, and placement groups that are not ready within
 `resources.placement_timeout_s` are removed and reported: a run never waits forever.
@@ -23,7 +21,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf.config import RLHFConfig
 from rlhf.registry import get_algorithm
-from rlhf.workers.threads import COMPUTE_CPUS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +42,6 @@ class Pool:
     roles: list[RoleSpec]
     bundles: list[dict[str, float]] = field(default_factory=list)
     pg: object = None
-    in_turn: bool = False  # its roles compute one at a time, each on the whole bundle (resources.colocate_in_turn)
 
     @property
     def name(self) -> str:
@@ -92,11 +88,10 @@ def plan_pools(cfg: RLHFConfig) -> dict[str, Pool]:
     groups = [[r for r in group if r in specs] for group in cfg.resources.colocate]
     if cfg.resources.share_scoring_process and not any({"reference", "reward"} <= set(g) for g in groups):
         groups.append([r for r in ("reference", "reward") if r in specs])  # one process hosts both: one pool
-    for number, group in enumerate(groups):
+    for group in groups:
         if not group or any(r in by_role for r in group):
             continue
-        user_group = number < len(cfg.resources.colocate)
-        pool = Pool([specs[r] for r in group], in_turn=user_group and cfg.resources.colocate_in_turn and len(group) > 1)
+        pool = Pool([specs[r] for r in group])
         for r in group:
             by_role[r] = pool
     for role, spec in specs.items():
@@ -133,8 +128,7 @@ def describe_plan(pools: dict[str, Pool], nodes: list[dict]) -> str:
     lines = ["role        actors  CPU/actor  GPU/actor  pool"]
     for role, pool in pools.items():
         spec = next(r for r in pool.roles if r.role == role)
-        turns = " (in turn)" if pool.in_turn else ""
-        lines.append(f"{role:<11} {spec.num_actors:>6}  {spec.cpus:>9g}  {spec.gpus:>9g}  {pool.name}{turns}")
+        lines.append(f"{role:<11} {spec.num_actors:>6}  {spec.cpus:>9g}  {spec.gpus:>9g}  {pool.name}")
     need_cpu = sum(b.get("CPU", 0) for p in _unique(pools.values()) for b in p.bundles)
     need_gpu = sum(b.get("GPU", 0) for p in _unique(pools.values()) for b in p.bundles)
     lines.append(f"needed in total: {need_cpu:g} CPU, {need_gpu:g} GPU")
@@ -209,8 +203,7 @@ def write_placement(groups: list, out_dir) -> None:
 
 def actor_options(pools: dict[str, Pool], roles: list[str], index: int) -> dict:
     """Ray actor options placing actor `index` of ``roles`` (one role, or the roles one process hosts, all in one
-    pool) in their pool's bundle `index`, with the sum of those roles' resources. In a pool whose roles take turns,
-    the actor computes on the whole bundle's CPUs (`rlhf.workers.threads`)."""
+    pool) in their pool's bundle `index`, with the sum of those roles' resources."""
     pool = pools[roles[0]]
     specs = [r for r in pool.roles if r.role in roles]
     options = {
@@ -220,8 +213,6 @@ def actor_options(pools: dict[str, Pool], roles: list[str], index: int) -> dict:
             placement_group=pool.pg, placement_group_bundle_index=index
         ),
     }
-    if pool.in_turn:
-        options["runtime_env"] = {"env_vars": {COMPUTE_CPUS_ENV: str(pool.bundles[index]["CPU"])}}
     return options
 
 

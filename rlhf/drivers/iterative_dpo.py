@@ -98,11 +98,12 @@ class IterativeDPODriver(OnlineDriver):
         """(the policy's token logprobs at rollout.temperature, the scores), the two passes submitted together;
         ``scores`` already given (dynamic sampling scored the rounds) are kept."""
         model_batch = {k: batch[k] for k in MODEL_KEYS}
-        calls = {"old": ("policy", lambda: self.groups["policy"].scatter_async("logprobs", model_batch))}
+        pending_old = self.groups["policy"].scatter_async("logprobs", model_batch)
+        pending_scores = None
         if scores is None:
-            calls["scores"] = ("reward", lambda: self.groups["reward"].scatter_async("scores", {**model_batch, "prompts": prompts_text}))
-        done = {key: torch.cat(results) for key, results in self.side_by_side(calls).items()}
-        return done["old"], done.get("scores", scores)
+            pending_scores = self.groups["reward"].scatter_async("scores", {**model_batch, "prompts": prompts_text})
+        old_logprobs = torch.cat(pending_old.wait())
+        return old_logprobs, scores if pending_scores is None else torch.cat(pending_scores.wait())
 
     def reference_logprobs(self, pair_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(log pi_ref(chosen), log pi_ref(rejected)) [G] of every pair slot, as the loss type uses them

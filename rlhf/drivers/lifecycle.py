@@ -42,7 +42,6 @@ from rlhf.drivers.console import log_dir
 from rlhf.drivers.metrics import MetricsLogger
 from rlhf.drivers.preemption import Preempted, PreemptionGuard
 from rlhf.drivers.startup import StartupClock
-from rlhf.drivers.turns import Submit, run_in_lanes
 from rlhf.report import update_report
 from rlhf.workers.faults import FaultInjector
 from rlhf.workers.group import WorkerError, WorkerGroup
@@ -204,15 +203,6 @@ class Driver:
             call.wait()
         for group in self.groups.values():
             group.wait_ready()
-
-    def side_by_side(self, calls: dict[str, tuple[str, Submit]]) -> dict[str, list]:
-        """{key: (config role, submit)} -> {key: the call's results}: the calls submitted together, except that roles
-        colocated in turn (resources.colocate_in_turn) run one after another (`drivers.turns`)."""
-        def lane(key: str, role: str) -> str:
-            pool = self.pools.get(role)
-            return pool.name if pool is not None and pool.in_turn else key
-
-        return run_in_lanes({key: (lane(key, role), submit) for key, (role, submit) in calls.items()})
 
     def drop_role(self, role: str) -> None:
         """End a role's actors mid-run (e.g. the DPO reference once its logprobs are cached), unless their

@@ -304,16 +304,16 @@ class OnlineDriver(Driver):
         """The scoring passes, submitted together: (old logprobs, reference logprobs or None, scores, values or None)."""
         groups = self.groups
         model_batch = {k: batch[k] for k in MODEL_KEYS}
-        calls = {"old": ("policy", lambda: groups["policy"].scatter_async("logprobs", model_batch))}
+        pending = {"old": groups["policy"].scatter_async("logprobs", model_batch)}
         if "reference" in groups:
-            calls["ref"] = ("reference", lambda: groups["reference"].scatter_async("logprobs", model_batch))
+            pending["ref"] = groups["reference"].scatter_async("logprobs", model_batch)
         elif needs_reference(self.cfg):  # reference_from_base: the policy with its LoRA adapter disabled
-            calls["ref"] = ("policy", lambda: groups["policy"].scatter_async("reference_logprobs", model_batch))
+            pending["ref"] = groups["policy"].scatter_async("reference_logprobs", model_batch)
         if scores is None:
-            calls["scores"] = ("reward", lambda: groups["reward"].scatter_async("scores", {**model_batch, "prompts": prompts_text}))
+            pending["scores"] = groups["reward"].scatter_async("scores", {**model_batch, "prompts": prompts_text})
         if self.critic is not None:
-            calls["values"] = ("critic", lambda: self.critic.scatter_async("values", model_batch))
-        done = {key: torch.cat(results, dim=0) for key, results in self.side_by_side(calls).items()}
+            pending["values"] = self.critic.scatter_async("values", model_batch)
+        done = {key: torch.cat(p.wait(), dim=0) for key, p in pending.items()}
         return done["old"], done.get("ref"), done.get("scores", scores), done.get("values")
 
     def update(self, train_batch: dict) -> dict[str, float]:
@@ -326,11 +326,11 @@ class OnlineDriver(Driver):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, ppo.mini_batch_size):
                 minibatch = index_batch(train_batch, order[start : start + ppo.mini_batch_size])
-                calls = {"policy": ("policy", lambda: self.groups["policy"].scatter_async("ppo_step", minibatch))}
+                pending = [self.groups["policy"].scatter_async("ppo_step", minibatch)]
                 if self.critic is not None:
-                    calls["critic"] = ("critic", lambda: self.critic.scatter_async("value_step", minibatch))
-                for results in self.side_by_side(calls).values():
-                    stats.extend(results)
+                    pending.append(self.critic.scatter_async("value_step", minibatch))
+                for p in pending:
+                    stats.extend(p.wait())
         return mean_stats(stats)
 
     def sync_weights(self) -> int:

@@ -4,19 +4,14 @@ Ray sets OMP_NUM_THREADS to the integer part of an actor's `num_cpus` (at least 
 given 1.5 CPUs computes on one thread and leaves half a core idle. A role actor calls
 `match_cpu_share()` first thing in its constructor: torch then uses ceil(num_cpus) threads, the
 share the placement plan reserved for it (on GPUs the CPU threads only feed the device; the same
-rule holds). An actor whose roles take turns with others on one bundle's CPUs
-(`resources.colocate_in_turn`) computes alone while it computes: the driver names the whole
-bundle's CPUs in its environment (COMPUTE_CPUS_ENV), and ceil(those) is its thread count.
+rule holds).
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
-
-COMPUTE_CPUS_ENV = "RLHF_COMPUTE_CPUS"  # the CPUs an actor computes on, when not its own Ray share
 
 
 def cpu_share() -> float | None:
@@ -32,12 +27,9 @@ def cpu_share() -> float | None:
 
 
 def match_cpu_share() -> int:
-    """Set torch's intra-op threads to ceil(assigned CPUs), or ceil(COMPUTE_CPUS_ENV) where the driver set it
-    (unchanged outside Ray); returns the count used."""
-    named = os.environ.get(COMPUTE_CPUS_ENV)
-    share = float(named) if named else cpu_share()
+    """Set torch's intra-op threads to ceil(assigned CPUs) (unchanged outside Ray); returns the count used."""
+    share = cpu_share()
     if share:
         torch.set_num_threads(max(1, math.ceil(share - 1e-9)))
-        source = "its bundle's, taking turns" if named else "its own share"
-        print(f"torch threads: {torch.get_num_threads()} for {share:g} CPUs ({source})", flush=True)  # the actor's log
+        print(f"torch threads: {torch.get_num_threads()} for {share:g} CPUs", flush=True)  # in the actor's log
     return torch.get_num_threads()

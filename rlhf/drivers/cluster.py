@@ -104,7 +104,7 @@ def plan_pools(cfg: RLHFConfig) -> dict[str, Pool]:
             bundle = {"CPU": resource_sum(r.cpus for r in members)}
             gpus = resource_sum(r.gpus for r in members)
             if gpus:
-                bundle["GPU"] = float(gpus)
+                bundle["GPU"] = gpus
             pool.bundles.append(bundle)
     return by_role
 
